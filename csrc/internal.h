@@ -1,0 +1,93 @@
+/*
+ * internal.h - structures and helpers shared by the core's translation units.
+ * Nothing here is part of the public API.
+ */
+#ifndef DPDPU_INTERNAL_H
+#define DPDPU_INTERNAL_H
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+
+#include "dpdpu.h"
+
+#define DPDPU_DEFAULT_QUEUE_DEPTH 1024u
+#define DPDPU_MAX_WORKERS 256u
+
+/* How long an idle worker, or a thread waiting for a task, polls before it
+ * sleeps.  Short tasks then complete without a sleep/wake-up pair on either
+ * side, the way polled progress engines run. */
+#define DPDPU_WORKER_SPIN_NS 100000ull
+#define DPDPU_WAIT_SPIN_NS 50000ull
+
+/* One step of a polling loop.  Yielding (rather than only pausing the CPU)
+ * matters when the thread we wait for was scheduled on our core. */
+static inline void dpdpu__cpu_relax(void)
+{
+    sched_yield();
+}
+
+struct dpdpu_engine {
+    char name[32];
+    uint32_t index;
+    uint32_t ops_mask;
+    uint32_t queue_depth;
+    uint64_t max_job_bytes; /* UINT64_MAX when unlimited */
+    int on_device;
+    struct dpdpu_dev *dev;
+
+    pthread_mutex_t lock;
+    pthread_cond_t has_work;
+    pthread_cond_t has_room;
+    struct dpdpu_task *head;
+    struct dpdpu_task *tail;
+    uint32_t in_flight; /* queued plus running */
+    uint32_t sleepers;  /* workers blocked on has_work */
+    int stopping;
+    int drain;
+
+    uint32_t n_threads;
+    pthread_t *threads;
+
+    struct dpdpu_engine_stats stats; /* updated with __atomic builtins */
+};
+
+struct dpdpu_dev {
+    char name[64];
+    uint64_t memory_bytes; /* UINT64_MAX when unlimited */
+    uint64_t mem_used;     /* updated with __atomic builtins */
+    int64_t refs;          /* 1 until closed, plus one per memory map; __atomic */
+    int closed;
+    dpdpu_callback_fn callback;
+    uint32_t n_engines;
+    struct dpdpu_engine engines[DPDPU_MAX_ENGINES];
+};
+
+struct dpdpu_pe {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;      /* completions for dpdpu_pe_wait() */
+    pthread_cond_t task_cond; /* completions for dpdpu_task_wait() */
+    struct dpdpu_task *cq_head;
+    struct dpdpu_task *cq_tail;
+    uint32_t cq_len;
+    uint32_t deep_sleepers; /* pollers blocked until the next completion */
+    uint64_t kicks;
+    uint64_t outstanding;
+};
+
+/* device.c */
+int dpdpu__mem_reserve(struct dpdpu_dev *dev, uint64_t bytes);
+void dpdpu__mem_release(struct dpdpu_dev *dev, uint64_t bytes);
+
+/* ops.c: run one task's op on the calling worker thread. */
+int dpdpu__op_execute(struct dpdpu_dev *dev, struct dpdpu_task *task);
+
+/* pe.c */
+void *dpdpu__worker_main(void *engine);
+uint64_t dpdpu__now_ns(void);
+int dpdpu__cond_init_monotonic(pthread_cond_t *cond);
+/* Wait on cond until the absolute CLOCK_MONOTONIC deadline (0: no limit). */
+int dpdpu__cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *lock, uint64_t deadline_ns);
+uint64_t dpdpu__deadline_ns(int64_t timeout_us);
+
+#endif /* DPDPU_INTERNAL_H */

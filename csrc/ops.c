@@ -1,0 +1,161 @@
+/* ops.c - what a worker does for each op: deflate (zlib), memcpy, crc32c. */
+#include <limits.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "internal.h"
+
+/* Bound on how far a too-small decompression keeps counting to report the
+ * size it needs, so a decompression bomb cannot keep a worker busy forever. */
+#define DPDPU_COUNT_LIMIT (1ull << 40)
+
+uint64_t dpdpu_deflate_bound(uint64_t len)
+{
+    /* zlib's compressBound() for a single call, widened to 64 bits. */
+    return len + (len >> 12) + (len >> 14) + (len >> 25) + 13 + 6;
+}
+
+static int op_memcpy(struct dpdpu_task *t)
+{
+    if (t->dst.len < t->src.len) {
+        t->needed = t->src.len;
+        return DPDPU_ERR_BUFFER_TOO_SMALL;
+    }
+    if (t->src.len)
+        memcpy(t->dst.addr, t->src.addr, (size_t)t->src.len);
+    t->result = t->src.len;
+    return DPDPU_OK;
+}
+
+static int op_compress(struct dpdpu_task *t)
+{
+    uLongf out_len = (uLongf)t->dst.len;
+    int rc;
+
+    if (t->dst.len < dpdpu_deflate_bound(t->src.len)) {
+        /* compress2 would fail part-way; say what is needed up front. */
+        t->needed = dpdpu_deflate_bound(t->src.len);
+        return DPDPU_ERR_BUFFER_TOO_SMALL;
+    }
+    rc = compress2((Bytef *)t->dst.addr, &out_len, (const Bytef *)t->src.addr, (uLong)t->src.len,
+                   (int)t->param);
+    switch (rc) {
+    case Z_OK:
+        t->result = out_len;
+        return DPDPU_OK;
+    case Z_MEM_ERROR:
+        return DPDPU_ERR_NO_MEMORY;
+    case Z_BUF_ERROR:
+        t->needed = dpdpu_deflate_bound(t->src.len);
+        return DPDPU_ERR_BUFFER_TOO_SMALL;
+    case Z_STREAM_ERROR:
+        return DPDPU_ERR_INVALID_ARGUMENT;
+    default:
+        return DPDPU_ERR_INTERNAL;
+    }
+}
+
+/* Feed the next slice of a 64-bit length through zlib's 32-bit counters. */
+static void refill(Bytef **next, uInt *avail, uint8_t **cursor, uint64_t *left)
+{
+    uInt take;
+
+    if (*avail != 0 || *left == 0)
+        return;
+    take = *left > UINT_MAX ? UINT_MAX : (uInt)*left;
+    *next = *cursor;
+    *avail = take;
+    *cursor += take;
+    *left -= take;
+}
+
+static int op_decompress(struct dpdpu_task *t, uint64_t count_limit)
+{
+    z_stream zs;
+    uint8_t scratch[16384];
+    uint8_t *in = t->src.addr, *out = t->dst.addr;
+    uint64_t in_left = t->src.len, out_left = t->dst.len;
+    uint64_t extra = 0; /* bytes produced past the end of dst */
+    int counting = 0, rc, status = DPDPU_OK;
+
+    memset(&zs, 0, sizeof(zs));
+    if (inflateInit(&zs) != Z_OK)
+        return DPDPU_ERR_NO_MEMORY;
+
+    for (;;) {
+        refill(&zs.next_in, &zs.avail_in, &in, &in_left);
+        if (!counting) {
+            refill(&zs.next_out, &zs.avail_out, &out, &out_left);
+            if (zs.avail_out == 0)
+                counting = 1; /* dst is full: keep going only to measure */
+        }
+        if (counting) {
+            zs.next_out = scratch;
+            zs.avail_out = sizeof(scratch);
+        }
+        rc = inflate(&zs, Z_NO_FLUSH);
+        if (counting)
+            extra += sizeof(scratch) - zs.avail_out;
+        if (rc == Z_STREAM_END)
+            break;
+        if (rc == Z_NEED_DICT || rc == Z_DATA_ERROR) {
+            status = DPDPU_ERR_CORRUPT_DATA;
+            goto out;
+        }
+        if (rc == Z_MEM_ERROR) {
+            status = DPDPU_ERR_NO_MEMORY;
+            goto out;
+        }
+        if (rc == Z_BUF_ERROR && zs.avail_in == 0 && in_left == 0) {
+            status = DPDPU_ERR_TRUNCATED_DATA;
+            goto out;
+        }
+        if (rc != Z_OK && rc != Z_BUF_ERROR) {
+            status = DPDPU_ERR_INTERNAL;
+            goto out;
+        }
+        if (counting && t->dst.len + extra > count_limit) {
+            status = DPDPU_ERR_TOO_LARGE;
+            goto out;
+        }
+    }
+    if (zs.avail_in != 0 || in_left != 0) {
+        /* Bytes after the end of the stream are not ours to ignore. */
+        status = DPDPU_ERR_CORRUPT_DATA;
+        goto out;
+    }
+    if (extra != 0) {
+        t->needed = t->dst.len + extra;
+        status = DPDPU_ERR_BUFFER_TOO_SMALL;
+        goto out;
+    }
+    t->result = zs.total_out;
+out:
+    inflateEnd(&zs);
+    return status;
+}
+
+int dpdpu__op_execute(struct dpdpu_dev *dev, struct dpdpu_task *task)
+{
+    struct dpdpu_engine *e = &dev->engines[task->engine];
+    uint64_t limit;
+
+    switch (task->op) {
+    case DPDPU_OP_NOP:
+        return DPDPU_OK;
+    case DPDPU_OP_MEMCPY:
+        return op_memcpy(task);
+    case DPDPU_OP_DEFLATE_COMPRESS:
+        return op_compress(task);
+    case DPDPU_OP_DEFLATE_DECOMPRESS:
+        limit = e->max_job_bytes < DPDPU_COUNT_LIMIT ? e->max_job_bytes : DPDPU_COUNT_LIMIT;
+        return op_decompress(task, limit);
+    case DPDPU_OP_CRC32C:
+        task->result = dpdpu_crc32c((uint32_t)task->param, task->src.addr, task->src.len);
+        return DPDPU_OK;
+    case DPDPU_OP_CALLBACK:
+        return dev->callback != NULL ? dev->callback(task) : DPDPU_ERR_NOT_SUPPORTED;
+    default:
+        return DPDPU_ERR_UNKNOWN_OP;
+    }
+}

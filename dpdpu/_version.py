@@ -1,0 +1,3 @@
+"""The package version, read by the native build as well."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,222 @@
+"""The interface a device backend implements.
+
+This module is for backend authors; users meet devices through
+:class:`dpdpu.Runtime`.  A backend subclasses :class:`Device` and is made
+known to the runtime through :mod:`dpdpu.runtime.registry`.  The emulator
+(:mod:`dpdpu.runtime.emulator`) is the reference implementation.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextvars
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from .cost import Timeline
+    from .future import TaskFuture
+    from .native import MemoryMap
+    from .placement import Placement
+    from .profile import Profile
+
+__all__ = ["Device", "DeviceBuffer", "EngineInfo", "EngineStats", "Refusal", "Task"]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """One engine of a device as the scheduler sees it."""
+
+    device: str
+    name: str
+    kind: str
+    index: int
+    lanes: int
+    ops: frozenset[str]
+    max_job_bytes: int | None
+    on_device: bool
+    #: ``device/engine``, e.g. ``bluefield3/accelerator``
+    label: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{self.device}/{self.name}")
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    """What to run: a built-in op over buffers, or a Python callable (op ``python``).
+
+    ``src`` and ``dst`` are buffer-protocol objects (bytes, bytearray, numpy
+    arrays, Arrow buffers) or :class:`DeviceBuffer`; they are registered, not
+    copied.  With ``dst`` unset, the device allocates ``dst_size`` bytes.
+    ``convert(result, output)`` turns the native result (bytes written or a
+    checksum) and a view of the output into the value the future returns.
+    """
+
+    op: str
+    src: Any = None
+    dst: Any = None
+    dst_size: int = 0
+    param: int = 0
+    level: int | None = None
+    fn: Callable[..., Any] | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] | None = None
+    name: str = ""
+    nbytes: int = 0
+    out_hint: int = 0
+    grow_output: bool = False
+    convert: Callable[[int, memoryview | None], Any] | None = None
+    #: context vars a Python task runs under (the runtime sets its own as current)
+    context: contextvars.Context | None = None
+
+    @property
+    def label(self) -> str:
+        """What to call the task in messages and explanations."""
+        return self.name or self.op
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an engine cannot take a task."""
+
+    kind: Literal["unsupported", "too_large", "memory"]
+    reason: str
+
+
+@dataclass
+class EngineStats:
+    """Counters of one engine over a device's life.
+
+    ``tasks`` counts every execution (a decompression rerun at its exact
+    output size counts twice); ``errors`` counts tasks whose future failed.
+    """
+
+    engine: str
+    kind: str
+    lanes: int
+    tasks: int = 0
+    errors: int = 0
+    inlined: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    pcie_bytes: int = 0
+    wall_busy_s: float = 0.0
+    modeled_busy_s: float = 0.0
+    modeled_horizon_s: float = 0.0
+
+
+class DeviceBuffer:
+    """Memory allocated on a device and counted against its capacity.
+
+    Pass it as a task's source or destination to keep data on the device
+    (no PCIe transfer is charged for it).  :meth:`view` gives a writable
+    ``memoryview``; the memory lives as long as the buffer or any view does,
+    and the device's accounting is released when the buffer is collected.
+    """
+
+    __slots__ = ("_map", "_memory", "device")
+
+    def __init__(self, device: str, mmap: MemoryMap, memory: Any) -> None:
+        self.device = device
+        self._map = mmap
+        self._memory = memory
+
+    @property
+    def nbytes(self) -> int:
+        """Size in bytes."""
+        return self._map.nbytes
+
+    def __len__(self) -> int:
+        return self._map.nbytes
+
+    @property
+    def memory_map(self) -> MemoryMap:
+        """The registered memory map (for backends)."""
+        return self._map
+
+    def view(self) -> memoryview:
+        """A writable view of the whole buffer (no copy)."""
+        from .native import ffi
+
+        return memoryview(ffi.buffer(self._memory, self._map.nbytes))
+
+    def __repr__(self) -> str:
+        return f"DeviceBuffer(device={self.device!r}, nbytes={self.nbytes})"
+
+
+class Device(abc.ABC):
+    """A device: a set of engines that run tasks and report completions.
+
+    Implementations run each task for real and return a
+    :class:`~dpdpu.runtime.future.TaskFuture`; they also model how long the
+    task takes there (:meth:`estimate`, and the timeline recorded on the
+    future's placement) so the runtime can place work and report device time.
+    """
+
+    #: Registry name of the backend, e.g. ``"emulator"``.
+    backend: ClassVar[str]
+    #: Unique label, e.g. ``"bluefield3"``.
+    label: str
+    profile: Profile
+    engines: tuple[EngineInfo, ...]
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """Every op some engine of the device runs."""
+        return frozenset().union(*(e.ops for e in self.engines))
+
+    def engine(self, name_or_kind: str) -> EngineInfo:
+        """The engine with this name (or, failing that, the first of this kind)."""
+        for e in self.engines:
+            if e.name == name_or_kind:
+                return e
+        for e in self.engines:
+            if e.kind == name_or_kind:
+                return e
+        raise KeyError(f"{self.label} has no engine {name_or_kind!r}")
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start worker threads; called once before the first submit."""
+
+    @abc.abstractmethod
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop; with ``wait`` run what is queued first, else fail it."""
+
+    @abc.abstractmethod
+    def can_run(self, task: Task, engine: EngineInfo) -> Refusal | None:
+        """None if ``engine`` can take ``task`` now, else why not."""
+
+    @abc.abstractmethod
+    def estimate(self, task: Task, engine: EngineInfo, arrival_s: float) -> Timeline:
+        """Modeled timeline of ``task`` on ``engine`` if submitted now (no side effects)."""
+
+    @abc.abstractmethod
+    def submit(
+        self, task: Task, engine: EngineInfo, arrival_s: float, placement: Placement | None = None
+    ) -> TaskFuture:
+        """Run ``task`` on ``engine``; raise a DpdpuError if the device refuses it.
+
+        The device fills in ``placement`` (timeline, status, wall time) and
+        attaches it to the returned future.
+        """
+
+    @abc.abstractmethod
+    def alloc(self, nbytes: int) -> DeviceBuffer:
+        """Allocate device memory; DeviceMemoryError beyond capacity."""
+
+    @property
+    @abc.abstractmethod
+    def memory_used(self) -> int:
+        """Bytes of device memory in use."""
+
+    @property
+    @abc.abstractmethod
+    def memory_capacity(self) -> int | None:
+        """Device memory capacity in bytes (None: unlimited)."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, EngineStats]:
+        """Counters per engine name."""

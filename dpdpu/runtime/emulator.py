@@ -1,0 +1,583 @@
+"""The software DPU emulator: the reference device backend.
+
+Every task runs for real on C worker threads of the core (Python functions on
+those threads too, holding the GIL only while they run), so results are real
+bytes.  Alongside, the emulator charges each task the time the modeled device
+would take, on a virtual clock per engine, using the cost figures of the
+device profile.  It enforces what the real device enforces: which engine runs
+which op, the largest job, and device memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import errors
+from .cost import PYTHON_PRIOR_S, ZLIB_LEVEL_SPEED, CostModel, EngineClock, Timeline
+from .device import Device, DeviceBuffer, EngineInfo, EngineStats, Refusal, Task
+from .future import TaskFuture
+from .native import (
+    OPS,
+    EngineConfig,
+    NativeDevice,
+    ProgressEngine,
+    error_for,
+    ffi,
+    lib,
+    register_callback,
+    unregister_callback,
+)
+from .placement import Placement, _size
+from .profile import Profile
+
+__all__ = ["EmulatorDevice", "in_worker"]
+
+_NEEDS_DST = frozenset({"memcpy", "deflate_compress", "deflate_decompress"})
+#: Ops cheap enough on small inputs to run on the submitting thread when their
+#: engine has nothing queued: handing a sub-microsecond job to a worker thread
+#: costs more than the job.  They are charged modeled time like any other.
+_INLINE_OPS = frozenset({"nop", "crc32c", "memcpy"})
+_INLINE_MAX_BYTES = 4096
+#: How long a completion may wait for its own caller to take it before the
+#: progress thread does (and wakes, contending for the GIL).
+_LINGER_S = 200e-6
+
+_uids = itertools.count(1)
+_raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
+_worker = threading.local()
+_OK = int(lib.DPDPU_OK)
+_ERR_CALLBACK = int(lib.DPDPU_ERR_CALLBACK)
+_ERR_TOO_SMALL = int(lib.DPDPU_ERR_BUFFER_TOO_SMALL)
+
+
+def in_worker() -> bool:
+    """True on a device worker thread running a Python task."""
+    return getattr(_worker, "active", False)
+
+
+class _Record:
+    """One native task in flight and what is needed to finish its future."""
+
+    __slots__ = ("crosses", "ctask", "engine", "exc", "future", "keep", "out_addr", "py_wall", "task", "value")
+
+    def __init__(self, task: Task, engine: EngineInfo, future: TaskFuture) -> None:
+        self.task = task
+        self.engine = engine
+        self.future = future
+        self.ctask: Any = None
+        self.keep: list[Any] = []  # what must outlive the native task
+        self.out_addr: Any = None
+        self.crosses = False
+        self.value: Any = None
+        self.exc: BaseException | None = None
+        self.py_wall = 0.0
+
+
+def _nbytes(obj: Any) -> int:
+    if obj is None:
+        return 0
+    if isinstance(obj, DeviceBuffer):
+        return obj.nbytes
+    try:
+        return memoryview(obj).nbytes
+    except TypeError:
+        return 0
+
+
+class EmulatorDevice(Device):
+    """A device modeled from a profile, executing everything on this machine.
+
+    Args:
+        profile: a :class:`Profile`, a built-in profile name or a TOML path.
+        workers: worker threads per engine (default: the CPU count).
+        queue_depth: most tasks queued per engine before submit blocks.
+    """
+
+    backend = "emulator"
+
+    def __init__(self, profile: Profile | str | Path, *, workers: int | None = None, queue_depth: int = 0) -> None:
+        if not isinstance(profile, Profile):
+            profile = Profile.load(profile)
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+            raise errors.InvalidArgumentError(f"workers must be an integer from 1 to 256, not {workers!r}")
+        self.profile = profile
+        self.label = profile.name
+        self.workers = workers
+        self.cost = CostModel(profile)
+        self._queue_depth = queue_depth
+        self._eprof = {e.name: e for e in profile.engines}
+        self.engines = tuple(
+            EngineInfo(
+                device=self.label,
+                name=e.name,
+                kind=e.kind,
+                index=i,
+                lanes=int(e.lanes.value),
+                ops=e.ops,
+                max_job_bytes=int(e.max_job_bytes.value) if e.max_job_bytes is not None else None,
+                on_device=e.on_device,
+            )
+            for i, e in enumerate(profile.engines)
+        )
+        self._clocks = {e.name: EngineClock(e.lanes) for e in self.engines}
+        self._dma_clock = next((self._clocks[e.name] for e in self.engines if e.kind == "dma"), None)
+        self._crossing = {e.name: e.on_device and e.kind != "dma" and profile.pcie is not None for e in self.engines}
+        # (engine, op) -> (fixed s, s per byte, zlib level matters): the cost model, flattened
+        self._op_cost: dict[tuple[str, str], tuple[float, float, bool]] = {}
+        for e in profile.engines:
+            for op in e.ops:
+                cost = e.costs.get(op)
+                if cost is None:
+                    self._op_cost[e.name, op] = (float(e.dispatch.value), 0.0, False)
+                else:
+                    level_matters = op == "deflate_compress" and e.kind in ("arm", "host")
+                    self._op_cost[e.name, op] = (cost.fixed_s, cost.per_byte_s, level_matters)
+        self._errors = dict.fromkeys(self._clocks, 0)
+        self._pcie_bytes = dict.fromkeys(self._clocks, 0)
+        self._py_history: dict[str, float] = {}
+        self._records: dict[int, _Record] = {}
+        self._submit_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self._state = "new"
+        self._native: NativeDevice | None = None
+        self._pe: ProgressEngine | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"EmulatorDevice({self.label!r}, workers={self.workers}, state={self._state!r})"
+
+    # --- life cycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the native device and start the progress thread."""
+        if self._state != "new":
+            return
+        configs = [
+            EngineConfig(
+                name=e.name,
+                ops=e.ops,
+                workers=self.workers,
+                max_job_bytes=e.max_job_bytes,
+                on_device=e.on_device,
+                queue_depth=self._queue_depth,
+            )
+            for e in self.engines
+        ]
+        with_callback = any("python" in e.ops for e in self.engines)
+        self._native = NativeDevice(
+            self.label, configs, memory_bytes=int(self.profile.memory.value), with_callback=with_callback
+        )
+        self._pe = ProgressEngine()
+        self._thread = threading.Thread(target=self._progress_loop, name=f"dpdpu-progress-{self.label}", daemon=True)
+        self._state = "running"
+        self._thread.start()
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop: run (``wait``) or fail what is queued, then release everything."""
+        if in_worker():
+            raise errors.InvalidArgumentError(
+                "a device cannot be shut down from a task running on it", device=self.label
+            )
+        with self._submit_lock:
+            if self._state != "running":
+                self._state = "closed"
+                return
+            self._state = "stopping"
+        assert self._native is not None and self._pe is not None and self._thread is not None
+        self._native.close(drain=wait)
+        self._pe.kick()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        self._drain()
+        self._pe.destroy()
+        self._state = "closed"
+
+    @property
+    def running(self) -> bool:
+        """True between start() and shutdown()."""
+        return self._state == "running"
+
+    @property
+    def native(self) -> NativeDevice:
+        """The open native device (for tests and backends built on this one)."""
+        if self._native is None:
+            raise errors.RuntimeClosedError("the device has not been started", device=self.label)
+        return self._native
+
+    # --- memory --------------------------------------------------------------
+
+    @property
+    def memory_used(self) -> int:
+        """Bytes of device memory in use (allocations and running tasks)."""
+        return self.native.memory_used
+
+    @property
+    def memory_capacity(self) -> int | None:
+        """Device memory from the profile."""
+        return int(self.profile.memory.value)
+
+    def alloc(self, nbytes: int) -> DeviceBuffer:
+        """Allocate zeroed device memory; DeviceMemoryError beyond what is free."""
+        mmap = self.native.alloc(nbytes)
+        return DeviceBuffer(self.label, mmap, mmap.owner)
+
+    # --- scheduling interface -----------------------------------------------
+
+    def _footprint(self, task: Task) -> int:
+        total = 0 if isinstance(task.src, DeviceBuffer) else _nbytes(task.src)
+        if task.op in _NEEDS_DST and not isinstance(task.dst, DeviceBuffer):
+            total += _nbytes(task.dst) if task.dst is not None else task.dst_size
+        return total
+
+    def can_run(self, task: Task, engine: EngineInfo) -> Refusal | None:
+        """None if ``engine`` can take ``task`` now, else why not."""
+        op = task.op
+        if op not in engine.ops:
+            if op not in OPS:
+                return Refusal("unsupported", f"unknown op {op!r}")
+            if engine.kind == "accelerator":
+                fig = self.profile.hardware.get(op)
+                why = f"no {op} in {self.label} hardware"
+                return Refusal("unsupported", f"{why} ({fig.cite()})" if fig is not None else why)
+            if op == "python":
+                return Refusal("unsupported", "runs no Python code")
+            return Refusal("unsupported", f"does not run {op}")
+        limit = engine.max_job_bytes
+        if limit is not None:
+            size = task.nbytes
+            if op == "deflate_decompress":
+                size = max(size, task.dst_size if task.dst is None else _nbytes(task.dst))
+            if size > limit:
+                return Refusal("too_large", f"a {_size(size)} job exceeds the {_size(limit)} maximum job size")
+        if engine.on_device and self._native is not None:
+            need = self._footprint(task)
+            if need:
+                free = int(self.profile.memory.value) - self._native.memory_used
+                if need > free:
+                    return Refusal("memory", f"needs {_size(need)} of device memory, {_size(max(free, 0))} free")
+        return None
+
+    def _exec_seconds(self, task: Task, engine: EngineInfo) -> float:
+        fixed, per_byte, level_matters = self._op_cost[engine.name, task.op]
+        if task.op == "python":
+            host_s = self._py_history.get(_fn_key(task.fn), PYTHON_PRIOR_S)
+            return self.cost.exec_seconds(self._eprof[engine.name], "python", 0, host_seconds=host_s)
+        variable = task.nbytes * per_byte
+        if level_matters:
+            level = task.level
+            variable /= ZLIB_LEVEL_SPEED.get(6 if level is None or level < 0 else level, 1.0)
+        return fixed + variable
+
+    def _transfers(self, task: Task, engine: EngineInfo) -> tuple[int, int]:
+        """Bytes that cross PCIe in and out if ``task`` runs on ``engine``."""
+        if not self._crossing[engine.name]:
+            return 0, 0
+        if task.op == "python":
+            src = sum(_nbytes(a) for a in (*task.args, *(task.kwargs or {}).values()))
+        else:
+            src = 0 if isinstance(task.src, DeviceBuffer) else task.nbytes
+        out = 0 if isinstance(task.dst, DeviceBuffer) else task.out_hint
+        return src, out
+
+    def estimate(self, task: Task, engine: EngineInfo, arrival_s: float) -> Timeline:
+        """Modeled timeline on ``engine`` if submitted now (charges nothing)."""
+        exec_s = self._exec_seconds(task, engine)
+        in_s = out_s = 0.0
+        ready = arrival_s
+        if self._crossing[engine.name]:
+            b_in, b_out = self._transfers(task, engine)
+            in_s, out_s = self.cost.transfer_seconds(b_in), self.cost.transfer_seconds(b_out)
+            if self._dma_clock is not None and (in_s or out_s):
+                ready = self._dma_clock.peek(arrival_s) + in_s
+        start = self._clocks[engine.name].peek(ready)
+        return Timeline(arrival_s, start, start + exec_s + out_s, exec_s, in_s, out_s)
+
+    def _charge(self, engine: EngineInfo, plan: Timeline, arrival_s: float) -> Timeline:
+        """Occupy the lanes ``plan`` (an estimate) needs; return the charged timeline."""
+        ready = plan.arrival_s
+        in_s, out_s = plan.transfer_in_s, plan.transfer_out_s
+        if self._dma_clock is not None and (in_s or out_s):
+            # Both transfers occupy the DMA engine back to back (a simplification:
+            # the outbound copy really happens after the task runs).
+            ready = self._dma_clock.charge(ready, in_s + out_s)[0] + in_s
+        start, end = self._clocks[engine.name].charge(ready, plan.exec_s)
+        return Timeline(arrival_s, start, end + out_s, plan.exec_s, in_s, out_s)
+
+    def submit(
+        self, task: Task, engine: EngineInfo, arrival_s: float, placement: Placement | None = None
+    ) -> TaskFuture:
+        """Run ``task`` on ``engine`` for real and charge its modeled time."""
+        if placement is None:
+            placement = Placement(task.label, task.op, task.nbytes, engine.label, engine.kind, "direct", [])
+        future = TaskFuture()
+        future.placement = placement
+        future._waiter = self._wait_for
+        self._submit_record(_Record(task, engine, future), arrival_s, arrival_s, published=False)
+        return future
+
+    def _bind(self, rec: _Record, obj: Any, *, dst: bool) -> None:
+        """Point the native task's source or destination at ``obj`` (no copy)."""
+        ct = rec.ctask
+        if type(obj) is DeviceBuffer:
+            if obj.device != self.label:
+                raise errors.InvalidArgumentError(
+                    f"the buffer lives on {obj.device}, not on this device", device=self.label
+                )
+            m = obj.memory_map
+            rec.keep.append(m)
+            lib.dpdpu_buf_init(ffi.addressof(ct, "dst" if dst else "src"), m.handle, m.address, m.nbytes)
+        else:
+            assert self._native is not None
+            rec.keep.append(self._native.map_host(ct, obj, dst=dst))
+
+    def _submit_record(self, rec: _Record, ready_s: float, arrival_s: float, *, published: bool = True) -> None:
+        """Charge and submit one native task; ``arrival_s`` is when the caller started waiting.
+
+        ``published`` says whether the future has been handed out yet.
+        """
+        task, engine = rec.task, rec.engine
+        ct = ffi.new("struct dpdpu_task *")
+        ct.op = OPS[task.op]
+        ct.engine = engine.index
+        ct.param = task.param
+        uid = ct.user_data = next(_uids)
+        rec.ctask = ct
+        if task.src is not None:
+            self._bind(rec, task.src, dst=False)
+        if task.op in _NEEDS_DST:
+            if task.dst is None:
+                memory = _raw_alloc("char[]", max(task.dst_size, 1))
+                self.native.map_raw(ct, memory, task.dst_size, dst=True)
+                rec.keep.append(memory)
+            else:
+                self._bind(rec, task.dst, dst=True)
+            rec.out_addr = ct.dst.addr
+        if task.op == "python":
+            register_callback(uid, self._runner(rec, uid))
+        future = rec.future
+        future._record = rec  # type: ignore[attr-defined]
+        placement = future.placement
+        assert placement is not None
+        plan = placement.timeline
+        if plan is None or plan.arrival_s != ready_s or placement.engine != engine.label:
+            plan = self.estimate(task, engine, ready_s)
+        crossing = self._crossing[engine.name]
+        with self._submit_lock:
+            if self._state != "running":
+                unregister_callback(uid)
+                raise errors.RuntimeClosedError("the device is shut down", device=self.label, op=task.op)
+            timeline = placement.timeline = self._charge(engine, plan, arrival_s)
+            if crossing:
+                self._pcie_bytes[engine.name] += self._transfers(task, engine)[0]
+                rec.crosses = not isinstance(task.dst, DeviceBuffer)
+            self._records[uid] = rec
+            try:
+                assert self._pe is not None and self._native is not None
+                inline = task.op in _INLINE_OPS and task.nbytes <= _INLINE_MAX_BYTES
+                ran_inline = self._pe.submit(self._native, ct, op=task.op, inline=inline)
+            except BaseException:
+                self._records.pop(uid, None)
+                unregister_callback(uid)
+                self._clocks[engine.name].correct(timeline.finish_s - timeline.transfer_out_s, -timeline.exec_s)
+                raise
+        if ran_inline:  # complete already, and never on the completion queue
+            del self._records[uid]
+            self._finish(rec, published=published)
+
+    def _runner(self, rec: _Record, uid: int) -> Any:
+        def run() -> int:
+            task = rec.task
+            assert task.fn is not None
+            _worker.active = True
+            start = time.perf_counter()
+            try:
+                if task.context is None:
+                    rec.value = task.fn(*task.args, **(task.kwargs or {}))
+                else:
+                    rec.value = task.context.run(task.fn, *task.args, **(task.kwargs or {}))
+                return _OK
+            except BaseException as exc:  # the task's failure, handed to its future
+                rec.exc = exc
+                return _ERR_CALLBACK
+            finally:
+                rec.py_wall = time.perf_counter() - start
+                _worker.active = False
+                unregister_callback(uid)
+
+        return run
+
+    # --- completions ---------------------------------------------------------
+
+    def _progress_loop(self) -> None:
+        assert self._pe is not None
+        while True:
+            self._pe.wait(0.05, _LINGER_S)
+            self._drain()
+            if self._state != "running" and self._pe.outstanding == 0:
+                return
+
+    def _drain(self) -> None:
+        """Finish every completed task on the queue (whoever calls this)."""
+        assert self._pe is not None
+        with self._drain_lock:
+            uids = self._pe.progress_user_data()
+        pop = self._records.pop
+        for uid in uids:
+            # Popping is the claim: exactly one thread finishes each record.
+            rec = pop(uid, None)
+            if rec is not None:
+                self._finish(rec)
+
+    def _wait_for(self, future: TaskFuture, timeout: float | None) -> float | None:
+        """``TaskFuture.result`` fast path: wait in C for the task, then finish it here.
+
+        Returns what is left of ``timeout``.
+        """
+        assert self._pe is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rec: _Record | None = future._record  # type: ignore[attr-defined]
+        while rec is not None:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._pe.wait_task(rec.ctask, remaining):
+                break
+            self._drain()
+            following = future._record  # type: ignore[attr-defined]
+            if following is rec:  # another thread is finishing it; the future's own wait covers that
+                break
+            rec = following  # None when done, a new record when the task was rerun
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def _finish(self, rec: _Record, *, published: bool = True) -> None:
+        """Settle the future of a completed task.  ``published=False``: nobody
+        has seen the future yet (an inline task), so no one can be waiting."""
+        future = rec.future
+        try:
+            self._resolve(rec, published)
+        finally:
+            # Let go of the caller's buffers now, and break the record <->
+            # future cycle, rather than whenever the cycle collector runs.
+            rec.keep.clear()
+            if future._record is rec:  # type: ignore[attr-defined]
+                future._record = None  # type: ignore[attr-defined]
+
+    def _resolve(self, rec: _Record, published: bool) -> None:
+        ct, task, future = rec.ctask, rec.task, rec.future
+        placement = future.placement
+        assert placement is not None
+        status = ct.status
+        wall = ct.exec_ns * 1e-9
+        placement.wall_s = wall if placement.wall_s is None else placement.wall_s + wall
+        placement.queued_wall_s = ct.queued_ns * 1e-9
+        if task.op == "python":
+            self._correct_python(rec, placement)
+        if status == _OK:
+            if task.op == "python":
+                value = rec.value
+            elif task.convert is None:
+                value = ct.result
+            else:
+                try:
+                    value = task.convert(ct.result, memoryview(ffi.buffer(rec.out_addr, ct.result)))
+                except BaseException as exc:  # a converter bug must still finish the future
+                    self._fail(rec, placement, exc)
+                    return
+            if rec.crosses:
+                self._pcie_bytes[rec.engine.name] += ct.result if task.op in _NEEDS_DST else task.out_hint
+            placement.status = "ok"
+            if published:
+                future.set_result(value)
+            else:  # no waiters or callbacks can exist yet, so skip the condition
+                future._result = value
+                future._state = "FINISHED"
+            return
+        if status == _ERR_TOO_SMALL and task.grow_output and ct.needed > 0 and self._rerun_larger(rec, int(ct.needed)):
+            return
+        if status == _ERR_CALLBACK and rec.exc is not None:
+            self._fail(rec, placement, rec.exc, f"raised {type(rec.exc).__name__}")
+            return
+        detail = (
+            f"needs {int(ct.needed)} bytes, has {int(ct.dst.len)}" if status == _ERR_TOO_SMALL and ct.needed else None
+        )
+        err = error_for(status, device=self.label, engine=rec.engine.name, op=task.op, detail=detail)
+        if isinstance(err, errors.BufferTooSmallError):
+            err.needed = int(ct.needed) or None
+        self._fail(rec, placement, err)
+
+    def _fail(self, rec: _Record, placement: Placement, exc: BaseException, status: str | None = None) -> None:
+        self._errors[rec.engine.name] += 1
+        placement.status = status or getattr(exc, "code", None) or "error"
+        rec.future.set_exception(exc)
+
+    def _rerun_larger(self, rec: _Record, needed: int) -> bool:
+        """Rerun a decompression whose guessed output was too small, at the exact size.
+
+        If the exact size exceeds the engine's largest job, the rerun goes to
+        another engine of the device that takes it (the Arm cores).
+        """
+        task, engine, future = rec.task, rec.engine, rec.future
+        placement = future.placement
+        assert placement is not None and placement.timeline is not None
+        rerun = Task(
+            op=task.op, src=task.src, dst=None, dst_size=needed, param=task.param, level=task.level,
+            name=task.name, nbytes=task.nbytes, out_hint=needed, convert=task.convert,
+        )  # fmt: skip
+        if self.can_run(rerun, engine) is not None:
+            other = next((e for e in self.engines if self.can_run(rerun, e) is None), None)
+            if other is None:
+                return False
+            placement.fallback = f"the {needed}-byte output is too large for {engine.label}"
+            placement.engine, placement.kind, engine = other.label, other.kind, other
+        placement.attempts += 1
+        placement.notes = [
+            *(placement.notes or ()),
+            f"output guess too small; reran with the exact size, {needed} bytes",
+        ]
+        timeline = placement.timeline
+        try:
+            self._submit_record(_Record(rerun, engine, future), timeline.finish_s, timeline.arrival_s)
+        except errors.DpdpuError as exc:
+            self._fail(rec, placement, exc)
+        return True
+
+    def _correct_python(self, rec: _Record, placement: Placement) -> None:
+        """Replace the estimated run time of a Python task by the measured one."""
+        key = _fn_key(rec.task.fn)
+        old = self._py_history.get(key)
+        self._py_history[key] = rec.py_wall if old is None else 0.7 * old + 0.3 * rec.py_wall
+        timeline = placement.timeline
+        if timeline is None:
+            return
+        actual = self.cost.exec_seconds(self._eprof[rec.engine.name], "python", 0, host_seconds=rec.py_wall)
+        delta = actual - timeline.exec_s
+        if delta:
+            self._clocks[rec.engine.name].correct(timeline.finish_s - timeline.transfer_out_s, delta)
+            timeline.exec_s = actual
+            timeline.finish_s += delta
+
+    # --- statistics ------------------------------------------------------------
+
+    def stats(self) -> dict[str, EngineStats]:
+        """Counters per engine (from the core), with modeled busy time from the virtual clocks."""
+        out = {}
+        for e in self.engines:
+            clock = self._clocks[e.name]
+            native = self._native.engine_stats(e.index) if self._native is not None else {}
+            out[e.name] = EngineStats(
+                engine=e.name, kind=e.kind, lanes=e.lanes,
+                tasks=native.get("tasks", 0), errors=self._errors[e.name], inlined=native.get("inlined", 0),
+                bytes_in=native.get("bytes_in", 0), bytes_out=native.get("bytes_out", 0),
+                pcie_bytes=self._pcie_bytes[e.name], wall_busy_s=native.get("exec_ns", 0) * 1e-9,
+                modeled_busy_s=clock.busy_s, modeled_horizon_s=clock.last_finish_s,
+            )  # fmt: skip
+        return out
+
+
+def _fn_key(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
