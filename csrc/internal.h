@@ -70,7 +70,8 @@ struct dpdpu_pe {
     struct dpdpu_task *cq_head;
     struct dpdpu_task *cq_tail;
     uint32_t cq_len;
-    uint32_t deep_sleepers; /* pollers blocked until the next completion */
+    uint32_t completion_sleepers; /* pollers to wake at each completion */
+    uint32_t idle_sleepers;       /* pollers to wake at the next submission */
     uint64_t kicks;
     uint64_t outstanding;
 };

@@ -113,40 +113,45 @@ int dpdpu_pe_progress(struct dpdpu_pe *pe, struct dpdpu_task **out, uint32_t max
     return (int)n;
 }
 
-int dpdpu_pe_wait(struct dpdpu_pe *pe, int64_t timeout_us, int64_t linger_us)
+int dpdpu_pe_wait(struct dpdpu_pe *pe, int64_t timeout_us, int64_t interval_us)
 {
-    uint64_t deadline, kicks, settle;
-    int rc = 0, n;
+    uint64_t deadline, kicks, until;
+    int n;
 
     if (pe == NULL)
         return DPDPU_ERR_INVALID_ARGUMENT;
     deadline = dpdpu__deadline_ns(timeout_us);
     pthread_mutex_lock(&pe->lock);
     kicks = pe->kicks;
-    for (;;) {
-        pe->deep_sleepers++;
-        while (pe->cq_len == 0 && pe->kicks == kicks && rc != ETIMEDOUT)
-            rc = dpdpu__cond_wait_until(&pe->cond, &pe->lock, deadline);
-        pe->deep_sleepers--;
-        if (pe->cq_len == 0 || pe->kicks != kicks || linger_us <= 0)
-            break;
-        /* Give a thread blocked in dpdpu_task_wait() (or about to be) the
-         * chance to take these completions itself before we wake a poller. */
-        settle = dpdpu__now_ns() + (uint64_t)linger_us * 1000ull;
-        if (deadline != 0 && deadline < settle)
-            settle = deadline;
-        while (pe->cq_len != 0 && pe->kicks == kicks && dpdpu__now_ns() < settle)
-            dpdpu__cond_wait_until(&pe->cond, &pe->lock, settle);
-        if (pe->cq_len != 0 || pe->kicks != kicks)
-            break;
-        if (deadline != 0 && dpdpu__now_ns() >= deadline) {
-            rc = ETIMEDOUT;
-            break;
+    while (pe->kicks == kicks) {
+        if (interval_us <= 0) {
+            /* Woken by every completion not claimed by a task waiter. */
+            if (pe->cq_len != 0)
+                break;
+            pe->completion_sleepers++;
+            dpdpu__cond_wait_until(&pe->cond, &pe->lock, deadline);
+            pe->completion_sleepers--;
+        } else if (pe->outstanding == 0) {
+            /* Nothing in flight: sleep until a submission (or a kick). */
+            pe->idle_sleepers++;
+            dpdpu__cond_wait_until(&pe->cond, &pe->lock, deadline);
+            pe->idle_sleepers--;
+        } else {
+            /* Tasks in flight: look again every interval, leaving their owners
+             * time to take completions themselves, without a wake-up per task. */
+            until = dpdpu__now_ns() + (uint64_t)interval_us * 1000ull;
+            if (deadline != 0 && deadline < until)
+                until = deadline;
+            dpdpu__cond_wait_until(&pe->cond, &pe->lock, until);
+            if (pe->cq_len != 0)
+                break;
         }
+        if (deadline != 0 && dpdpu__now_ns() >= deadline)
+            break;
     }
     n = (int)pe->cq_len;
     pthread_mutex_unlock(&pe->lock);
-    if (n == 0 && rc == ETIMEDOUT)
+    if (n == 0 && pe->kicks == kicks)
         return DPDPU_ERR_TIMEOUT;
     return n;
 }
@@ -358,7 +363,8 @@ int dpdpu_task_submit(struct dpdpu_pe *pe, struct dpdpu_dev *dev, struct dpdpu_t
         return 1;
     }
     pthread_mutex_lock(&pe->lock);
-    pe->outstanding++;
+    if (pe->outstanding++ == 0 && pe->idle_sleepers > 0)
+        pthread_cond_broadcast(&pe->cond);
     pthread_mutex_unlock(&pe->lock);
     if (e->tail != NULL)
         e->tail->priv_next = task;
@@ -409,12 +415,12 @@ static void complete(struct dpdpu_engine *e, struct dpdpu_task *t, int status)
     pe->cq_tail = t;
     pe->cq_len++;
     __atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
-    /* A thread waiting for this very task will progress it; waking the
-     * general poller as well would only make the two race for the GIL.  A
-     * lingering poller looks again on its own. */
+    /* A thread waiting for this very task will progress it; waking a
+     * poller as well would only make the two race for the GIL.  Interval
+     * pollers look again on their own. */
     if (__atomic_load_n(&t->priv_waiters, __ATOMIC_ACQUIRE) > 0)
         pthread_cond_broadcast(&pe->task_cond);
-    else if (pe->deep_sleepers > 0)
+    else if (pe->completion_sleepers > 0)
         pthread_cond_broadcast(&pe->cond);
     pthread_mutex_unlock(&pe->lock);
 }

@@ -338,14 +338,17 @@ int dpdpu_pe_progress(struct dpdpu_pe *pe, struct dpdpu_task **out, uint32_t max
 
 /**
  * Block until completions are queued, dpdpu_pe_kick() is called, or the
- * timeout passes (negative: no limit).  With linger_us > 0, completions must
- * stay queued that long before this call returns, so that a thread about to
- * take its own completion (dpdpu_task_wait() then dpdpu_pe_progress()) is not
- * raced by a general poller; completions of tasks a thread is already
- * waiting for do not wake this call at all.
+ * timeout passes (negative: no limit).  Completions of tasks that a thread is
+ * waiting for in dpdpu_task_wait() never wake this call (that thread takes
+ * them).
+ * \param interval_us 0: wake at every other completion.  Positive: a polling
+ *        mode that costs no wake-up per task: while tasks are outstanding,
+ *        look at the queue every interval_us (so a completion may wait that
+ *        long, leaving its submitter time to take it); with nothing
+ *        outstanding, sleep until the next submission.
  * \return the number of queued completions (0 after a kick), or TIMEOUT
  */
-int dpdpu_pe_wait(struct dpdpu_pe *pe, int64_t timeout_us, int64_t linger_us);
+int dpdpu_pe_wait(struct dpdpu_pe *pe, int64_t timeout_us, int64_t interval_us);
 
 /** Wake every thread blocked in dpdpu_pe_wait(). */
 void dpdpu_pe_kick(struct dpdpu_pe *pe);

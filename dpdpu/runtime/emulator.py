@@ -43,9 +43,11 @@ _NEEDS_DST = frozenset({"memcpy", "deflate_compress", "deflate_decompress"})
 #: costs more than the job.  They are charged modeled time like any other.
 _INLINE_OPS = frozenset({"nop", "crc32c", "memcpy"})
 _INLINE_MAX_BYTES = 4096
-#: How long a completion may wait for its own caller to take it before the
-#: progress thread does (and wakes, contending for the GIL).
-_LINGER_S = 200e-6
+#: How often the progress thread looks for completions while tasks are in
+#: flight.  Callers waiting on their own task take its completion at once;
+#: the rest (callbacks, as_completed, await) wait at most this long, and no
+#: task costs the progress thread a wake-up (and the caller a GIL contest).
+_POLL_INTERVAL_S = 200e-6
 
 _uids = itertools.count(1)
 _raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
@@ -418,7 +420,7 @@ class EmulatorDevice(Device):
     def _progress_loop(self) -> None:
         assert self._pe is not None
         while True:
-            self._pe.wait(0.05, _LINGER_S)
+            self._pe.wait(0.05, _POLL_INTERVAL_S)
             self._drain()
             if self._state != "running" and self._pe.outstanding == 0:
                 return

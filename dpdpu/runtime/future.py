@@ -42,11 +42,11 @@ class TaskFuture(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's value; re-raises its error; TimeoutError after ``timeout`` seconds."""
-        if self._state == "FINISHED" and self._exception is None:
-            # Settled for good: no need for the condition lock (the common case).
-            value = self._result
-        else:
-            value = super().result(self._wait(timeout))
+        if self._state != "FINISHED":
+            timeout = self._wait(timeout)
+        # Settled for good needs no condition lock (the common case).
+        settled = self._state == "FINISHED" and self._exception is None
+        value = self._result if settled else super().result(timeout)
         observer = self._observer
         if observer is not None:
             observer(self)

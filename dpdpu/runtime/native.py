@@ -314,14 +314,14 @@ class ProgressEngine:
             check(rc, device=device.name, engine=engine, op=op or ffi.string(lib.dpdpu_op_name(task.op)).decode())
         return rc == 1
 
-    def wait(self, timeout_s: float | None, linger_s: float = 0.0) -> int:
+    def wait(self, timeout_s: float | None, interval_s: float = 0.0) -> int:
         """Block until completions are queued (or a kick); return how many (0 on timeout).
 
-        ``linger_s`` lets completions sit that long first, so threads waiting
-        for their own tasks can take them without waking this caller.
+        With ``interval_s`` the call polls at that interval while tasks are
+        outstanding instead of waking at every completion (see dpdpu_pe_wait).
         """
         timeout_us = -1 if timeout_s is None else int(timeout_s * 1e6)
-        rc = lib.dpdpu_pe_wait(self._pe, timeout_us, int(linger_s * 1e6))
+        rc = lib.dpdpu_pe_wait(self._pe, timeout_us, int(interval_s * 1e6))
         return 0 if rc == lib.DPDPU_ERR_TIMEOUT else check(rc)
 
     def progress_user_data(self) -> list[int]:
