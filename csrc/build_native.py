@@ -2,8 +2,9 @@
 
 Packaging runs it through ``cffi_modules`` in ``setup.py``: ``pip install .``
 (or ``pip install -e .`` for development) compiles the core.
-The declarations come verbatim from the marked block of ``csrc/include/dpdpu.h``
-so the C header stays the single description of the interface.
+The declarations come verbatim from the marked blocks of ``csrc/include/dpdpu.h``
+and the other ``csrc/include/dpdpu_*.h`` headers, so the C headers stay the
+single description of the interface; every ``csrc/*.c`` is compiled.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SOURCES = ["status.c", "device.c", "pe.c", "ops.c", "crc32c.c"]
+SOURCES = sorted(p.name for p in HERE.glob("*.c"))
 
 
 def _version() -> str:
@@ -26,12 +27,19 @@ def _version() -> str:
     return match.group(1)
 
 
+#: Public headers, the core's first: their marked blocks make up the binding.
+HEADERS = ["dpdpu.h", *sorted(p.name for p in (HERE / "include").glob("dpdpu_*.h"))]
+
+
 def _cdef() -> str:
-    header = (HERE / "include" / "dpdpu.h").read_text(encoding="utf-8")
-    match = re.search(r"/\* cffi:begin \*/(.*?)/\* cffi:end \*/", header, re.DOTALL)
-    if match is None:
-        raise RuntimeError("dpdpu.h lacks the cffi:begin/cffi:end markers")
-    return match.group(1)
+    blocks = []
+    for name in HEADERS:
+        header = (HERE / "include" / name).read_text(encoding="utf-8")
+        match = re.search(r"/\* cffi:begin \*/(.*?)/\* cffi:end \*/", header, re.DOTALL)
+        if match is None:
+            raise RuntimeError(f"{name} lacks the cffi:begin/cffi:end markers")
+        blocks.append(match.group(1))
+    return "\n".join(blocks)
 
 
 ffibuilder = FFI()
@@ -44,7 +52,7 @@ ffibuilder.cdef(
 )
 ffibuilder.set_source(
     "dpdpu._native",
-    '#include "dpdpu.h"\n',
+    "".join(f'#include "{name}"\n' for name in HEADERS),
     sources=[str((HERE / name).relative_to(ROOT)) for name in SOURCES],
     include_dirs=[str((HERE / "include").relative_to(ROOT))],
     libraries=["z", "pthread"],

@@ -83,6 +83,14 @@ void dpdpu__mem_release(struct dpdpu_dev *dev, uint64_t bytes);
 /* ops.c: run one task's op on the calling worker thread. */
 int dpdpu__op_execute(struct dpdpu_dev *dev, struct dpdpu_task *task);
 
+/* Ops a worker runs by calling the device callback. */
+#define DPDPU__CALLBACK_OPS_MASK                                                                   \
+    ((1u << DPDPU_OP_CALLBACK) | (1u << DPDPU_OP_LZ4_COMPRESS) | (1u << DPDPU_OP_LZ4_DECOMPRESS) | \
+     (1u << DPDPU_OP_ZSTD_COMPRESS) | (1u << DPDPU_OP_ZSTD_DECOMPRESS))
+
+/* Arrow kernels (kernels.c): run the struct dpdpu_kernel_job in task->param. */
+int dpdpu__kernel_execute(struct dpdpu_task *task);
+
 /* pe.c */
 void *dpdpu__worker_main(void *engine);
 uint64_t dpdpu__now_ns(void);

@@ -154,7 +154,16 @@ int dpdpu__op_execute(struct dpdpu_dev *dev, struct dpdpu_task *task)
         task->result = dpdpu_crc32c((uint32_t)task->param, task->src.addr, task->src.len);
         return DPDPU_OK;
     case DPDPU_OP_CALLBACK:
+    case DPDPU_OP_LZ4_COMPRESS:
+    case DPDPU_OP_LZ4_DECOMPRESS:
+    case DPDPU_OP_ZSTD_COMPRESS:
+    case DPDPU_OP_ZSTD_DECOMPRESS:
         return dev->callback != NULL ? dev->callback(task) : DPDPU_ERR_NOT_SUPPORTED;
+    case DPDPU_OP_FILTER:
+    case DPDPU_OP_PROJECT:
+    case DPDPU_OP_AGGREGATE:
+    case DPDPU_OP_PARTITION:
+        return dpdpu__kernel_execute(task);
     default:
         return DPDPU_ERR_UNKNOWN_OP;
     }

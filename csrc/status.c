@@ -67,6 +67,14 @@ const char *dpdpu_op_name(uint32_t op)
     case DPDPU_OP_DEFLATE_DECOMPRESS: return "deflate_decompress";
     case DPDPU_OP_CRC32C: return "crc32c";
     case DPDPU_OP_CALLBACK: return "callback";
+    case DPDPU_OP_LZ4_COMPRESS: return "lz4_compress";
+    case DPDPU_OP_LZ4_DECOMPRESS: return "lz4_decompress";
+    case DPDPU_OP_ZSTD_COMPRESS: return "zstd_compress";
+    case DPDPU_OP_ZSTD_DECOMPRESS: return "zstd_decompress";
+    case DPDPU_OP_FILTER: return "filter";
+    case DPDPU_OP_PROJECT: return "project";
+    case DPDPU_OP_AGGREGATE: return "aggregate";
+    case DPDPU_OP_PARTITION: return "partition";
     default: return "unknown";
     }
 }

@@ -10,6 +10,8 @@ It generates a data set of mixed compressibility, cuts it into jobs and runs:
 
 Every job runs for real (the output is checked against the input), and each
 step reports wall time and modeled device time next to the host baseline.
+The DPU steps use the ``dpu-only`` placement policy: the point is to offload,
+so the host is used only where the device cannot run a job at all.
 """
 
 from __future__ import annotations
@@ -164,14 +166,14 @@ def run_demo(
     compressed: dict[str, list[bytes]] = {}
 
     for device in ("bluefield2", "bluefield3", "host"):
-        with Runtime(device, workers=workers) as rt:
+        with Runtime(device, workers=workers, policy="dpu-only") as rt:
             calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((c,), {"level": level}) for c in chunks]
             result, compressed[device] = _run_step(rt, "compress", compute.compress, calls, progress, len(data))
             report.steps.append(result)
 
     for device in ("bluefield3", "host"):
         blobs = compressed[device]
-        with Runtime(device, workers=workers) as rt:
+        with Runtime(device, workers=workers, policy="dpu-only") as rt:
             calls = [((b,), {"output_size": len(c)}) for b, c in zip(blobs, chunks, strict=True)]
             total = sum(len(b) for b in blobs)
             result, restored = _run_step(rt, "decompress", compute.decompress, calls, progress, total)

@@ -16,6 +16,9 @@ __all__ = [
     "CorruptDataError",
     "DeviceMemoryError",
     "DpdpuError",
+    "ExpressionError",
+    "ExpressionSyntaxError",
+    "ExpressionTypeError",
     "InternalError",
     "InvalidArgumentError",
     "JobTooLargeError",
@@ -24,9 +27,18 @@ __all__ = [
     "QueueFullError",
     "RuntimeClosedError",
     "TruncatedDataError",
+    "UnknownColumnError",
     "UnknownDeviceError",
     "UnknownOpError",
     "UnsupportedOpError",
+    "StorageError",
+    "NoSuchFileError",
+    "FileExistsStorageError",
+    "FileTypeError",
+    "DirectoryNotEmptyError",
+    "DeviceFullError",
+    "InvalidPathError",
+    "JournalCorruptError",
 ]
 
 
@@ -60,22 +72,32 @@ class DpdpuError(Exception):
         parts = [p for p in (where, op) if p]
         super().__init__(": ".join([*parts, message]))
 
-    def on(self, device: str) -> DpdpuError:
-        """The same error, naming ``device`` if it named none (raised by callers with ``from``)."""
+    def on(self, device: str, engine: str | None = None) -> DpdpuError:
+        """The same error, naming ``device`` (and ``engine``) if it named none (raised with ``from``)."""
         if self.device is not None:
             return self
-        err = type(self)(self.detail, device=device, engine=self.engine, op=self.op, code=self.code)
+        err = type(self)(self.detail, device=device, engine=self.engine or engine, op=self.op, code=self.code)
         err.__dict__.update({k: v for k, v in self.__dict__.items() if k not in err.__dict__})
         return err
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # keep context when pickled across processes
-        return (_rebuild, (type(self), self.detail, self.device, self.engine, self.op, self.code))
+        known = ("device", "engine", "op", "code", "detail")
+        extra = {k: v for k, v in self.__dict__.items() if k not in known}
+        return (_rebuild, (type(self), self.detail, self.device, self.engine, self.op, self.code, extra))
 
 
 def _rebuild(
-    cls: type[DpdpuError], detail: str, device: str | None, engine: str | None, op: str | None, code: str | None
+    cls: type[DpdpuError],
+    detail: str,
+    device: str | None,
+    engine: str | None,
+    op: str | None,
+    code: str | None,
+    extra: dict[str, Any] | None = None,
 ) -> DpdpuError:
-    return cls(detail, device=device, engine=engine, op=op, code=code)
+    err = cls(detail, device=device, engine=engine, op=op, code=code)
+    err.__dict__.update(extra or {})
+    return err
 
 
 class InvalidArgumentError(DpdpuError, ValueError):
@@ -134,3 +156,69 @@ class NativeBuildError(DpdpuError, ImportError):
 
 class InternalError(DpdpuError, RuntimeError):
     """Something failed inside dpdpu that no caller input explains."""
+
+
+class ExpressionError(InvalidArgumentError):
+    """A predicate or projection expression is invalid.
+
+    Attributes:
+        expression: the text of the expression (or its rendering).
+        position: 0-based character offset of the offending part, when known.
+        column: the column concerned, when there is one.
+    """
+
+    expression: str | None = None
+    position: int | None = None
+    column: str | None = None
+
+
+class ExpressionSyntaxError(ExpressionError):
+    """The expression text does not parse."""
+
+
+class UnknownColumnError(ExpressionError, LookupError):
+    """The expression names a column the data does not have."""
+
+
+class ExpressionTypeError(ExpressionError, TypeError):
+    """An operator is applied to a column or value of a type it does not take."""
+
+
+class StorageError(DpdpuError):
+    """A block device or file service operation failed.
+
+    Attributes:
+        path: the file concerned, when there is one.
+        os_errno: the system error number behind it, when a system call failed.
+    """
+
+    path: str | None = None
+    os_errno: int | None = None
+
+
+class NoSuchFileError(StorageError, LookupError, FileNotFoundError):
+    """No file or directory of that name exists."""
+
+
+class FileExistsStorageError(StorageError, FileExistsError):
+    """A file or directory of that name already exists."""
+
+
+class FileTypeError(StorageError, OSError):
+    """The path names a directory where a file is needed, or the other way round."""
+
+
+class DirectoryNotEmptyError(StorageError, OSError):
+    """The directory still has entries."""
+
+
+class DeviceFullError(StorageError, OSError):
+    """The block device has no room left for the write."""
+
+
+class InvalidPathError(InvalidArgumentError):
+    """A file name is not acceptable (empty, absolute, ``..``, NUL, too long)."""
+
+
+class JournalCorruptError(CorruptDataError):
+    """Committed metadata on disk fails its checksum (not a torn tail)."""

@@ -30,8 +30,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def rt(profile_name: str) -> Iterator[Runtime]:
-    """A runtime on one device profile (the suite runs once per profile)."""
-    with Runtime(profile_name, workers=2) as runtime:
+    """A runtime on one device profile (the suite runs once per profile), keeping work on the device."""
+    with Runtime(profile_name, workers=2, policy="dpu-only") as runtime:
         yield runtime
 
 

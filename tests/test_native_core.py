@@ -14,7 +14,7 @@ from dpdpu._version import __version__
 from dpdpu.runtime import native
 from dpdpu.runtime.native import OPS, EngineConfig, NativeDevice, ProgressEngine, ffi, lib
 
-ALL_OPS = frozenset(OPS) - {"python"}
+ALL_OPS = frozenset(OPS) - native.CALLBACK_OPS
 
 
 @pytest.fixture

@@ -67,13 +67,18 @@ def test_error_tree() -> None:
         errors.InvalidArgumentError, errors.UnknownOpError, errors.UnsupportedOpError, errors.JobTooLargeError,
         errors.DeviceMemoryError, errors.CorruptDataError, errors.TruncatedDataError, errors.BufferTooSmallError,
         errors.QueueFullError, errors.RuntimeClosedError, errors.UnknownDeviceError, errors.ProfileError,
-        errors.NativeBuildError, errors.InternalError,
+        errors.NativeBuildError, errors.InternalError, errors.ExpressionError, errors.ExpressionSyntaxError,
+        errors.UnknownColumnError, errors.ExpressionTypeError, errors.StorageError, errors.NoSuchFileError,
+        errors.FileExistsStorageError, errors.FileTypeError, errors.DirectoryNotEmptyError, errors.DeviceFullError,
+        errors.InvalidPathError, errors.JournalCorruptError,
     ]  # fmt: skip
     for cls in leaves:
         assert issubclass(cls, errors.DpdpuError)
     assert issubclass(errors.DeviceMemoryError, MemoryError)
     assert issubclass(errors.CorruptDataError, ValueError)
     assert issubclass(errors.UnknownOpError, LookupError)
+    assert issubclass(errors.UnknownColumnError, errors.ExpressionError)
+    assert issubclass(errors.ExpressionTypeError, errors.InvalidArgumentError)
     assert set(errors.__all__) == {c.__name__ for c in leaves} | {"DpdpuError"}
 
 

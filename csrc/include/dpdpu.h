@@ -58,7 +58,18 @@ enum dpdpu_op {
     DPDPU_OP_DEFLATE_DECOMPRESS = 3,
     DPDPU_OP_CRC32C = 4,
     DPDPU_OP_CALLBACK = 5,
-    DPDPU_OP_COUNT = 6
+    /* Codecs from Python packages: run through the device callback, so they
+     * are placed, queued, counted and modeled like every other op. */
+    DPDPU_OP_LZ4_COMPRESS = 6,
+    DPDPU_OP_LZ4_DECOMPRESS = 7,
+    DPDPU_OP_ZSTD_COMPRESS = 8,
+    DPDPU_OP_ZSTD_DECOMPRESS = 9,
+    /* Arrow columnar kernels: task->param points to a struct dpdpu_kernel_job. */
+    DPDPU_OP_FILTER = 10,
+    DPDPU_OP_PROJECT = 11,
+    DPDPU_OP_AGGREGATE = 12,
+    DPDPU_OP_PARTITION = 13,
+    DPDPU_OP_COUNT = 14
 };
 
 /** Flags of dpdpu_task_submit(). */
@@ -112,6 +123,8 @@ struct dpdpu_engine_stats {
     uint64_t bytes_in;  /**< source bytes of completed tasks */
     uint64_t bytes_out; /**< bytes written by successful tasks */
     uint64_t exec_ns;   /**< time spent executing */
+    uint32_t in_flight; /**< tasks queued or running now */
+    uint32_t capacity;  /**< most tasks the engine queues at once */
 };
 
 /** Function run by the worker for DPDPU_OP_CALLBACK; returns a status. */
@@ -375,6 +388,233 @@ uint32_t dpdpu_crc32c(uint32_t crc, const void *data, uint64_t len);
 
 /** \return the largest deflate (zlib format) output for len input bytes */
 uint64_t dpdpu_deflate_bound(uint64_t len);
+
+/* --- Arrow kernels ----------------------------------------------------- */
+
+/*
+ * Columnar kernels over Arrow arrays read in place.  A task of op
+ * DPDPU_OP_FILTER, _PROJECT, _AGGREGATE or _PARTITION carries in task->param
+ * the address of a struct dpdpu_kernel_job; its source and destination stay
+ * empty.  The job names input column views over Arrow buffers (which the
+ * caller keeps alive until the task completes), a program of instructions
+ * for predicates and projections, and an array of struct dpdpu_kernel_out the
+ * kernel fills with buffers it allocates; the caller owns those afterwards
+ * and releases each with dpdpu_kernel_free().  task->result is the number of
+ * output rows.
+ */
+
+/** Physical layout of a column's values (of its indices, for a dictionary). */
+enum dpdpu_col_type {
+    DPDPU_COL_NULL = 0,          /**< every value null; no buffers */
+    DPDPU_COL_BOOL = 1,          /**< bit-packed */
+    DPDPU_COL_INT8 = 2,
+    DPDPU_COL_INT16 = 3,
+    DPDPU_COL_INT32 = 4,
+    DPDPU_COL_INT64 = 5,
+    DPDPU_COL_UINT8 = 6,
+    DPDPU_COL_UINT16 = 7,
+    DPDPU_COL_UINT32 = 8,
+    DPDPU_COL_UINT64 = 9,
+    DPDPU_COL_FLOAT32 = 10,
+    DPDPU_COL_FLOAT64 = 11,
+    DPDPU_COL_STRING = 12,       /**< int32 offsets and bytes */
+    DPDPU_COL_LARGE_STRING = 13, /**< int64 offsets and bytes */
+    DPDPU_COL_FIXED = 14,        /**< opaque values of `width` bytes: gathered, never evaluated */
+    DPDPU_COL_OTHER = 15         /**< a layout the kernels do not read: only validity is used */
+};
+
+/**
+ * A view of one Arrow array (no copy).  Row r of the view is element
+ * offset + r of the buffers.
+ */
+struct dpdpu_column {
+    uint32_t type;            /**< enum dpdpu_col_type */
+    uint32_t width;           /**< bytes per value of DPDPU_COL_FIXED */
+    int64_t length;           /**< rows */
+    int64_t offset;           /**< Arrow's array offset, in elements */
+    int64_t null_count;       /**< nulls among the rows (0 lets kernels skip the bitmap) */
+    const uint8_t *validity;  /**< bit set: valid; NULL: every row valid */
+    const void *values;       /**< values (bits for BOOL), or indices into dictionary */
+    const void *offsets;      /**< strings: length + 1 offsets */
+    const struct dpdpu_column *dictionary; /**< not NULL: values are indices into it */
+};
+
+/** Instruction codes of a kernel program (see struct dpdpu_kinsn). */
+enum dpdpu_kcode {
+    DPDPU_K_COLUMN = 1,      /**< dst = column a, read as dst's kind */
+    DPDPU_K_LITERAL = 2,     /**< dst = i64 / f64 (null with DPDPU_KF_NULL) */
+    DPDPU_K_CMP_LIT = 3,     /**< dst = column a <cmp> literal (in the column's domain) */
+    DPDPU_K_CMP = 4,         /**< dst = register a <cmp> register b (same kind) */
+    DPDPU_K_CMP_STR = 5,     /**< dst = string column a <cmp> string column b */
+    DPDPU_K_IS_IN = 6,       /**< dst = column a in the set at ptr (never null) */
+    DPDPU_K_IS_NULL = 7,     /**< dst = register (column with DPDPU_KF_COLUMN) a is null */
+    DPDPU_K_AND = 8,         /**< Kleene and */
+    DPDPU_K_OR = 9,          /**< Kleene or */
+    DPDPU_K_NOT = 10,
+    DPDPU_K_ADD = 11,        /**< integers wrap */
+    DPDPU_K_SUB = 12,
+    DPDPU_K_MUL = 13,
+    DPDPU_K_DIV = 14,        /**< F64 only */
+    DPDPU_K_NEG = 15,
+    DPDPU_K_TO_F64 = 16,     /**< dst (F64) = register a (I64) */
+    DPDPU_K_VALID_CONST = 17 /**< dst = null where column a is null, else i64 != 0 */
+};
+
+/** Comparison of DPDPU_K_CMP_LIT, DPDPU_K_CMP and DPDPU_K_CMP_STR. */
+enum dpdpu_kcmp {
+    DPDPU_KCMP_EQ = 0,
+    DPDPU_KCMP_NE = 1,
+    DPDPU_KCMP_LT = 2,
+    DPDPU_KCMP_LE = 3,
+    DPDPU_KCMP_GT = 4,
+    DPDPU_KCMP_GE = 5
+};
+
+/** What a register holds: bytes 0/1, int64 or double, each with validity. */
+enum dpdpu_kkind {
+    DPDPU_KIND_BOOL = 0,
+    DPDPU_KIND_I64 = 1,
+    DPDPU_KIND_F64 = 2
+};
+
+/** Instruction flags. */
+enum dpdpu_kflags {
+    DPDPU_KF_NULL = 1,     /**< LITERAL: the null literal */
+    DPDPU_KF_NEGATE = 2,   /**< IS_NULL: is valid instead */
+    DPDPU_KF_COLUMN = 4,   /**< IS_NULL: a is a column, not a register */
+    DPDPU_KF_FLOAT = 8,    /**< CMP_LIT on an integer column: compare as double with f64 */
+    DPDPU_KF_HAS_NULL = 16,/**< IS_IN: the set holds null */
+    DPDPU_KF_HAS_NAN = 32  /**< IS_IN: the set holds NaN */
+};
+
+/**
+ * One instruction.  Registers and columns are indices; a register is
+ * written once, before it is read.  IS_IN sets: integer columns give len
+ * sorted int64 values (uint64 values sorted as unsigned for UINT64 columns),
+ * float columns the sorted bit patterns of non-NaN doubles, string columns
+ * len + 1 int64 offsets at ptr into the bytes at aux, sorted bytewise.
+ */
+struct dpdpu_kinsn {
+    uint16_t code;           /**< enum dpdpu_kcode */
+    uint8_t cmp;             /**< enum dpdpu_kcmp */
+    uint8_t kind;            /**< enum dpdpu_kkind of dst */
+    uint32_t flags;          /**< enum dpdpu_kflags */
+    int32_t dst;
+    int32_t a;
+    int32_t b;
+    int32_t pad;
+    int64_t i64;             /**< integer literal (uint64 bits for UINT64 columns) */
+    double f64;              /**< float literal */
+    const void *ptr;         /**< string literal bytes, or the IS_IN set */
+    const void *aux;         /**< IS_IN on strings: the bytes */
+    int64_t len;             /**< string literal length, or IS_IN set size */
+};
+
+/** Aggregate functions. */
+enum dpdpu_agg_func {
+    DPDPU_AGG_COUNT = 0,     /**< non-null values, int64 */
+    DPDPU_AGG_SUM = 1,       /**< int64 / uint64 / double; null for no values */
+    DPDPU_AGG_MIN = 2,       /**< the column's type */
+    DPDPU_AGG_MAX = 3,
+    DPDPU_AGG_MEAN = 4,      /**< double */
+    DPDPU_AGG_COUNT_ALL = 5  /**< rows, int64 (column ignored) */
+};
+
+/** One aggregate of an aggregate job. */
+struct dpdpu_kernel_agg {
+    uint32_t func;           /**< enum dpdpu_agg_func */
+    int32_t column;          /**< input column (-1 for COUNT_ALL) */
+};
+
+/** Job flags. */
+enum dpdpu_kjob_flags {
+    /** filter: when every row passes, write no output and set passthrough */
+    DPDPU_KJOB_PASSTHROUGH = 1,
+    /** filter, partition: hand back the selected rows (relative to row_begin) */
+    DPDPU_KJOB_KEEP_SELECTION = 2,
+    /** aggregate: write the result columns (else hand back a partial state) */
+    DPDPU_KJOB_FINAL = 4
+};
+
+/**
+ * One output array.  The kernel allocates each buffer (NULL validity: no
+ * nulls) and reports its size; free each with dpdpu_kernel_free().
+ */
+struct dpdpu_kernel_out {
+    uint32_t type;           /**< out: enum dpdpu_col_type written */
+    uint32_t width;          /**< out: bytes per value of DPDPU_COL_FIXED */
+    int64_t length;          /**< out */
+    int64_t null_count;      /**< out */
+    void *validity;          /**< out */
+    void *values;            /**< out */
+    void *offsets;           /**< out (strings) */
+    uint64_t validity_bytes; /**< out */
+    uint64_t values_bytes;   /**< out */
+    uint64_t offsets_bytes;  /**< out */
+};
+
+/**
+ * A kernel job: what a DPDPU_OP_FILTER / _PROJECT / _AGGREGATE / _PARTITION
+ * task runs.  Fields marked "out" are written by the kernel.
+ *
+ * filter: evaluates the program over rows [row_begin, row_begin + n_rows)
+ *   and gathers the rows where register `result` is true into out[i] for
+ *   each column gather[i].
+ * project: evaluates the program and writes register project[i] to out[i].
+ * aggregate: groups the rows by the key columns (none: one group), merging
+ *   the partial states first; with DPDPU_KJOB_FINAL writes the key columns
+ *   then the aggregates to out[] (n_keys + n_aggs entries), groups in order
+ *   of first appearance; else hands back `state` (dpdpu_kernel_state_free).
+ * partition: hashes the key columns of each row into one of n_parts parts
+ *   and gathers the rows part after part (in row order within a part) into
+ *   out[i] for each column gather[i]; part p is rows
+ *   [part_offsets[p], part_offsets[p + 1]) of the outputs.
+ */
+struct dpdpu_kernel_job {
+    uint32_t op;                            /**< the DPDPU_OP_* of the task */
+    uint32_t flags;                         /**< enum dpdpu_kjob_flags */
+    uint32_t n_columns;
+    uint32_t n_insns;
+    const struct dpdpu_column *columns;
+    int64_t row_begin;
+    int64_t n_rows;                         /**< at most 2^31 - 1 */
+    const struct dpdpu_kinsn *insns;
+    uint32_t n_regs;
+    int32_t result;                         /**< filter: the predicate's register */
+    uint32_t n_gather;
+    uint32_t n_project;
+    const int32_t *gather;
+    const int32_t *project;
+    uint32_t n_keys;
+    uint32_t n_aggs;
+    const int32_t *keys;
+    const struct dpdpu_kernel_agg *aggs;
+    void *const *partials;                  /**< aggregate: states of earlier jobs, in row order */
+    uint32_t n_partials;
+    uint32_t n_parts;
+    int64_t *part_offsets;                  /**< partition: n_parts + 1 entries (caller's memory) */
+    uint32_t n_out;
+    int32_t passthrough;                    /**< out: filter kept every row, wrote nothing */
+    struct dpdpu_kernel_out *out;           /**< n_out entries (caller's memory) */
+    int64_t out_rows;                       /**< out */
+    uint32_t *selection;                    /**< out: DPDPU_KJOB_KEEP_SELECTION */
+    void *state;                            /**< out: aggregate partial state */
+    char message[128];                      /**< out: why a job was invalid */
+};
+
+/** Free a buffer a kernel allocated (NULL is ignored). */
+void dpdpu_kernel_free(void *ptr);
+
+/** Free an aggregate partial state (NULL is ignored). */
+void dpdpu_kernel_state_free(void *state);
+
+/**
+ * The hash partition kernels use for a row's keys: the same on every
+ * machine and run.  Exposed so callers can route single rows alike.
+ * \return the 64-bit hash of row `row` over the key columns
+ */
+uint64_t dpdpu_kernel_hash_row(const struct dpdpu_column *columns, const int32_t *keys, uint32_t n_keys,
+                               int64_t row);
 
 /* cffi:end */
 

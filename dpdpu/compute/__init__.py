@@ -7,5 +7,18 @@ True
 """
 
 from .codecs import CODECS, compress, crc32c, decompress, memcpy
+from .kernels import aggregate, filter, partition, project
+from .pipeline import Pipeline
 
-__all__ = ["CODECS", "compress", "crc32c", "decompress", "memcpy"]
+__all__ = [
+    "CODECS",
+    "Pipeline",
+    "aggregate",
+    "compress",
+    "crc32c",
+    "decompress",
+    "filter",
+    "memcpy",
+    "partition",
+    "project",
+]

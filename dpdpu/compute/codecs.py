@@ -1,4 +1,10 @@
-"""Built-in ops of the compute engine: deflate, crc32c and the DMA copy.
+"""Built-in ops of the compute engine: the codec family, crc32c and the DMA copy.
+
+Codecs: ``deflate`` (zlib streams, run by the C core and by hardware engines
+that have it), ``lz4`` (LZ4 frames) and ``zstd`` (Zstandard frames), the last
+two from the ``lz4`` and ``zstandard`` packages, run on engine workers like
+every other op, so they are placed, queued and modeled the same way
+(BlueField-3 decompresses LZ4 in hardware).
 
 Each is a plain function: called directly it runs on the current runtime
 (:func:`dpdpu.current_runtime`) and returns the value; passed to
@@ -10,23 +16,27 @@ forbids falling back when that engine cannot run the job.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
+
+import lz4.frame
+import zstandard
 
 from .. import errors
 from ..runtime.device import DeviceBuffer, Task
 from ..runtime.native import deflate_bound
 from ..runtime.runtime import current_runtime
 
-__all__ = ["CODECS", "compress", "crc32c", "decompress", "memcpy"]
+__all__ = ["CODECS", "LEVELS", "compress", "crc32c", "decompress", "memcpy"]
 
 #: Codecs the compute engine knows.
-CODECS = ("deflate",)
+CODECS = ("deflate", "lz4", "zstd")
+
+#: Accepted compression levels and the default of each codec.
+LEVELS: dict[str, tuple[int, int, int]] = {"deflate": (-1, 9, 6), "lz4": (0, 16, 0), "zstd": (-7, 22, 3)}
 
 #: Smallest output buffer guessed for a decompression of unknown size.
 _MIN_OUTPUT_GUESS = 64 << 10
-#: Expected compression ratio, used only to estimate the PCIe bytes of the
-#: output before a compression runs (assumption).
-_ASSUMED_RATIO = 2
 
 F = TypeVar("F", bound=Callable[..., Any])
 Options = dict[str, Any]
@@ -69,28 +79,39 @@ def _to_bytes(result: int, output: memoryview | None) -> bytes:
 
 
 def _compress_task(
-    data: Any, codec: str = "deflate", level: int = 6, *, engine: str | None = None, fallback: bool = True
+    data: Any, codec: str = "deflate", level: int | None = None, *, engine: str | None = None, fallback: bool = True
 ) -> tuple[Task, Options]:
     op = _codec_op(codec, "compress")
-    if isinstance(level, bool) or not isinstance(level, int) or not -1 <= level <= 9:
-        raise errors.InvalidArgumentError(f"level must be an integer from -1 to 9, not {level!r}", op=op)
+    low, high, default = LEVELS[codec]
+    if level is None:
+        level = default
+    if isinstance(level, bool) or not isinstance(level, int) or not low <= level <= high:
+        raise errors.InvalidArgumentError(
+            f"{codec} level must be an integer from {low} to {high}, not {level!r}", op=op
+        )
     n = _nbytes(data, op)
-    task = Task(
-        op=op, src=data, dst_size=deflate_bound(n), param=level, level=level, name=op,
-        nbytes=n, out_hint=n // _ASSUMED_RATIO, convert=_to_bytes,
-    )  # fmt: skip
+    if codec == "deflate":
+        task = Task(
+            op=op, src=data, dst_size=deflate_bound(n), param=level, level=level, name=op,
+            nbytes=n, convert=_to_bytes,
+        )  # fmt: skip
+    else:
+        fn = partial(_lz4_compress if codec == "lz4" else _zstd_compress, data, level)
+        task = Task(op=op, src=data, fn=fn, param=level, name=op, nbytes=n)
     return task, {"engine": engine, "fallback": fallback}
 
 
 @_builtin(_compress_task)
 def compress(
-    data: Any, codec: str = "deflate", level: int = 6, *, engine: str | None = None, fallback: bool = True
+    data: Any, codec: str = "deflate", level: int | None = None, *, engine: str | None = None, fallback: bool = True
 ) -> bytes:
-    """Compress bytes-like ``data``; returns the compressed bytes.
+    """Compress bytes-like ``data`` with ``codec``; returns the compressed bytes.
 
     ``deflate`` output is a zlib stream (RFC 1950), readable by
-    ``zlib.decompress``.  ``level`` is zlib's: -1 (default, 6) or 0-9.
-    Hardware engines ignore the level.
+    ``zlib.decompress``; ``lz4`` an LZ4 frame (``lz4.frame``); ``zstd`` a
+    Zstandard frame.  ``level`` defaults to the codec's usual one (deflate 6,
+    lz4 0, zstd 3); see :data:`LEVELS` for the ranges.  Hardware engines
+    ignore the level.
     """
     return current_runtime().submit(compress, data, codec, level, engine=engine, fallback=fallback).result()  # type: ignore[no-any-return]
 
@@ -111,9 +132,14 @@ def _decompress_task(
         raise errors.InvalidArgumentError(f"output_size must be a non-negative integer, not {output_size!r}", op=op)
     else:
         size, grow = output_size, False
-    task = Task(
-        op=op, src=data, dst_size=size, name=op, nbytes=n, out_hint=size, grow_output=grow, convert=_to_bytes,
-    )  # fmt: skip
+    if codec == "deflate":
+        task = Task(
+            op=op, src=data, dst_size=size, name=op, nbytes=n, out_hint=0 if grow else size, grow_output=grow,
+            convert=_to_bytes,
+        )  # fmt: skip
+    else:
+        fn = partial(_lz4_decompress if codec == "lz4" else _zstd_decompress, data, output_size, op)
+        task = Task(op=op, src=data, fn=fn, name=op, nbytes=n, out_hint=output_size or 0)
     return task, {"engine": engine, "fallback": fallback}
 
 
@@ -140,6 +166,45 @@ def decompress(
         decompress, data, codec, output_size=output_size, engine=engine, fallback=fallback
     )
     return future.result()  # type: ignore[no-any-return]
+
+
+def _lz4_compress(data: Any, level: int) -> bytes:
+    return lz4.frame.compress(data, compression_level=level, store_size=True)  # type: ignore[no-any-return]
+
+
+def _zstd_compress(data: Any, level: int) -> bytes:
+    return zstandard.ZstdCompressor(level=level).compress(data)
+
+
+def _checked_output(op: str, out: bytes | None, finished: bool, trailing: bytes | None, limit: int | None) -> bytes:
+    if not finished:
+        raise errors.TruncatedDataError("the compressed stream ends early (truncated)", op=op)
+    if trailing:
+        raise errors.CorruptDataError(f"{len(trailing)} bytes follow the end of the stream", op=op)
+    out = out or b""
+    if limit is not None and len(out) > limit:
+        err = errors.BufferTooSmallError(f"needs {len(out)} bytes, has {limit}", op=op)
+        err.needed = len(out)
+        raise err
+    return out
+
+
+def _lz4_decompress(data: Any, limit: int | None, op: str) -> bytes:
+    decoder = lz4.frame.LZ4FrameDecompressor()
+    try:
+        out = decoder.decompress(data)
+    except RuntimeError as exc:
+        raise errors.CorruptDataError(f"not a valid LZ4 frame ({exc})", op=op) from None
+    return _checked_output(op, out, decoder.eof, decoder.unused_data, limit)
+
+
+def _zstd_decompress(data: Any, limit: int | None, op: str) -> bytes:
+    decoder = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        out = decoder.decompress(data)
+    except zstandard.ZstdError as exc:
+        raise errors.CorruptDataError(f"not a valid Zstandard frame ({exc})", op=op) from None
+    return _checked_output(op, out, decoder.eof, decoder.unused_data, limit)
 
 
 def _crc32c_task(

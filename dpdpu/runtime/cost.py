@@ -69,6 +69,16 @@ class CostModel:
             return 0.0
         return self._pcie_fixed + nbytes / self._pcie_rate
 
+    def link_seconds(self, nbytes: int) -> float:
+        """Of :meth:`transfer_seconds`, the time the link is busy moving the bytes.
+
+        The fixed part is latency (descriptor set-up, doorbell, completion)
+        during which other transfers proceed, as DMA engines keep many in flight.
+        """
+        if self._pcie_rate is None or nbytes <= 0:
+            return 0.0
+        return nbytes / self._pcie_rate
+
 
 @dataclass(slots=True)
 class Timeline:
@@ -80,6 +90,9 @@ class Timeline:
     exec_s: float
     transfer_in_s: float = 0.0
     transfer_out_s: float = 0.0
+    #: of the transfers, the time the link itself is busy (the rest is latency)
+    link_in_s: float = 0.0
+    link_out_s: float = 0.0
 
     @property
     def transfer_s(self) -> float:

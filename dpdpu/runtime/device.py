@@ -21,7 +21,40 @@ if TYPE_CHECKING:
     from .placement import Placement
     from .profile import Profile
 
-__all__ = ["Device", "DeviceBuffer", "EngineInfo", "EngineStats", "Refusal", "Task"]
+__all__ = [
+    "DATA_LOCATION",
+    "DataLocation",
+    "data_location",
+    "Device",
+    "DeviceBuffer",
+    "EngineInfo",
+    "EngineStats",
+    "Refusal",
+    "Task",
+]
+
+
+@dataclass(frozen=True)
+class DataLocation:
+    """Where the data of the tasks submitted in a context lives (see ``Runtime.data_on``).
+
+    ``device``: the label of the device whose memory already holds the inputs
+    (no PCIe transfer in for tasks that run there); ``keep_output``: results
+    stay on that device for a next step (no transfer out).
+    """
+
+    device: str | None = None
+    keep_output: bool = False
+
+
+#: The data location of the current context, None meaning host memory (pipelines set it per step).
+DATA_LOCATION: contextvars.ContextVar[DataLocation | None] = contextvars.ContextVar("dpdpu_data_location", default=None)
+_HOST_DATA = DataLocation()
+
+
+def data_location() -> DataLocation:
+    """Where the data of tasks submitted in this context lives."""
+    return DATA_LOCATION.get() or _HOST_DATA
 
 
 @dataclass(frozen=True)
@@ -70,6 +103,8 @@ class Task:
     convert: Callable[[int, memoryview | None], Any] | None = None
     #: context vars a Python task runs under (the runtime sets its own as current)
     context: contextvars.Context | None = None
+    #: objects the native task reads through raw addresses (kept alive until it completes)
+    keep: Any = None
 
     @property
     def label(self) -> str:
@@ -81,7 +116,7 @@ class Task:
 class Refusal:
     """Why an engine cannot take a task."""
 
-    kind: Literal["unsupported", "too_large", "memory"]
+    kind: Literal["unsupported", "too_large", "memory", "busy"]
     reason: str
 
 

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
-from .cost import PYTHON_PRIOR_S, ZLIB_LEVEL_SPEED, CostModel, EngineClock, Timeline
-from .device import Device, DeviceBuffer, EngineInfo, EngineStats, Refusal, Task
+from .cost import PYTHON_PRIOR_S, Timeline
+from .device import Device, DeviceBuffer, EngineInfo, EngineStats, Refusal, Task, data_location
 from .future import TaskFuture
+from .model import DEFAULT_COALESCING, Coalescing, DeviceModel
 from .native import (
+    CALLBACK_OPS,
     OPS,
     EngineConfig,
     NativeDevice,
@@ -98,11 +100,19 @@ class EmulatorDevice(Device):
         profile: a :class:`Profile`, a built-in profile name or a TOML path.
         workers: worker threads per engine (default: the CPU count).
         queue_depth: most tasks queued per engine before submit blocks.
+        coalescing: how small tasks share modeled dispatch costs (None: never).
     """
 
     backend = "emulator"
 
-    def __init__(self, profile: Profile | str | Path, *, workers: int | None = None, queue_depth: int = 0) -> None:
+    def __init__(
+        self,
+        profile: Profile | str | Path,
+        *,
+        workers: int | None = None,
+        queue_depth: int = 0,
+        coalescing: Coalescing | None = DEFAULT_COALESCING,
+    ) -> None:
         if not isinstance(profile, Profile):
             profile = Profile.load(profile)
         if workers is None:
@@ -112,35 +122,10 @@ class EmulatorDevice(Device):
         self.profile = profile
         self.label = profile.name
         self.workers = workers
-        self.cost = CostModel(profile)
+        self.model = DeviceModel(profile, coalescing)
+        self.engines = self.model.engines
+        self._clocks = self.model.clocks
         self._queue_depth = queue_depth
-        self._eprof = {e.name: e for e in profile.engines}
-        self.engines = tuple(
-            EngineInfo(
-                device=self.label,
-                name=e.name,
-                kind=e.kind,
-                index=i,
-                lanes=int(e.lanes.value),
-                ops=e.ops,
-                max_job_bytes=int(e.max_job_bytes.value) if e.max_job_bytes is not None else None,
-                on_device=e.on_device,
-            )
-            for i, e in enumerate(profile.engines)
-        )
-        self._clocks = {e.name: EngineClock(e.lanes) for e in self.engines}
-        self._dma_clock = next((self._clocks[e.name] for e in self.engines if e.kind == "dma"), None)
-        self._crossing = {e.name: e.on_device and e.kind != "dma" and profile.pcie is not None for e in self.engines}
-        # (engine, op) -> (fixed s, s per byte, zlib level matters): the cost model, flattened
-        self._op_cost: dict[tuple[str, str], tuple[float, float, bool]] = {}
-        for e in profile.engines:
-            for op in e.ops:
-                cost = e.costs.get(op)
-                if cost is None:
-                    self._op_cost[e.name, op] = (float(e.dispatch.value), 0.0, False)
-                else:
-                    level_matters = op == "deflate_compress" and e.kind in ("arm", "host")
-                    self._op_cost[e.name, op] = (cost.fixed_s, cost.per_byte_s, level_matters)
         self._errors = dict.fromkeys(self._clocks, 0)
         self._pcie_bytes = dict.fromkeys(self._clocks, 0)
         self._py_history: dict[str, float] = {}
@@ -172,7 +157,7 @@ class EmulatorDevice(Device):
             )
             for e in self.engines
         ]
-        with_callback = any("python" in e.ops for e in self.engines)
+        with_callback = any(e.ops & CALLBACK_OPS for e in self.engines)
         self._native = NativeDevice(
             self.label, configs, memory_bytes=int(self.profile.memory.value), with_callback=with_callback
         )
@@ -241,23 +226,19 @@ class EmulatorDevice(Device):
     def can_run(self, task: Task, engine: EngineInfo) -> Refusal | None:
         """None if ``engine`` can take ``task`` now, else why not."""
         op = task.op
-        if op not in engine.ops:
-            if op not in OPS:
-                return Refusal("unsupported", f"unknown op {op!r}")
-            if engine.kind == "accelerator":
-                fig = self.profile.hardware.get(op)
-                why = f"no {op} in {self.label} hardware"
-                return Refusal("unsupported", f"{why} ({fig.cite()})" if fig is not None else why)
-            if op == "python":
-                return Refusal("unsupported", "runs no Python code")
-            return Refusal("unsupported", f"does not run {op}")
-        limit = engine.max_job_bytes
-        if limit is not None:
-            size = task.nbytes
-            if op == "deflate_decompress":
-                size = max(size, task.dst_size if task.dst is None else _nbytes(task.dst))
-            if size > limit:
-                return Refusal("too_large", f"a {_size(size)} job exceeds the {_size(limit)} maximum job size")
+        for obj in (task.src, task.dst):
+            if type(obj) is DeviceBuffer and obj.device != self.label:
+                return Refusal("unsupported", f"its data lives in {obj.device} memory")
+        if op not in OPS:
+            return Refusal("unsupported", f"unknown op {op!r}")
+        out = task.dst_size if task.dst is None else _nbytes(task.dst)
+        refusal = self.model.refusal(op, task.nbytes, engine, out)
+        if refusal is not None:
+            return refusal
+        if self._native is not None:
+            full = self._native.queue_full(engine.index)
+            if full is not None:
+                return Refusal("busy", f"its queue is full ({full[0]} of {full[1]} tasks)")
         if engine.on_device and self._native is not None:
             need = self._footprint(task)
             if need:
@@ -266,51 +247,35 @@ class EmulatorDevice(Device):
                     return Refusal("memory", f"needs {_size(need)} of device memory, {_size(max(free, 0))} free")
         return None
 
-    def _exec_seconds(self, task: Task, engine: EngineInfo) -> float:
-        fixed, per_byte, level_matters = self._op_cost[engine.name, task.op]
-        if task.op == "python":
-            host_s = self._py_history.get(_fn_key(task.fn), PYTHON_PRIOR_S)
-            return self.cost.exec_seconds(self._eprof[engine.name], "python", 0, host_seconds=host_s)
-        variable = task.nbytes * per_byte
-        if level_matters:
-            level = task.level
-            variable /= ZLIB_LEVEL_SPEED.get(6 if level is None or level < 0 else level, 1.0)
-        return fixed + variable
+    def _host_seconds(self, task: Task) -> float | None:
+        if task.op != "python":
+            return None
+        return self._py_history.get(_fn_key(task.fn), PYTHON_PRIOR_S)
 
     def _transfers(self, task: Task, engine: EngineInfo) -> tuple[int, int]:
         """Bytes that cross PCIe in and out if ``task`` runs on ``engine``."""
-        if not self._crossing[engine.name]:
+        if not self.model.crossing[engine.name]:
             return 0, 0
+        where = data_location()
         if task.op == "python":
             src = sum(_nbytes(a) for a in (*task.args, *(task.kwargs or {}).values()))
         else:
             src = 0 if isinstance(task.src, DeviceBuffer) else task.nbytes
-        out = 0 if isinstance(task.dst, DeviceBuffer) else task.out_hint
+        if _keeps_output(task, self.label):
+            out = 0
+        else:
+            out = task.out_hint or int(task.nbytes * self.model.out_ratio(task.op))
+        if where.device == self.label:
+            src = 0
         return src, out
 
     def estimate(self, task: Task, engine: EngineInfo, arrival_s: float) -> Timeline:
         """Modeled timeline on ``engine`` if submitted now (charges nothing)."""
-        exec_s = self._exec_seconds(task, engine)
-        in_s = out_s = 0.0
-        ready = arrival_s
-        if self._crossing[engine.name]:
-            b_in, b_out = self._transfers(task, engine)
-            in_s, out_s = self.cost.transfer_seconds(b_in), self.cost.transfer_seconds(b_out)
-            if self._dma_clock is not None and (in_s or out_s):
-                ready = self._dma_clock.peek(arrival_s) + in_s
-        start = self._clocks[engine.name].peek(ready)
-        return Timeline(arrival_s, start, start + exec_s + out_s, exec_s, in_s, out_s)
-
-    def _charge(self, engine: EngineInfo, plan: Timeline, arrival_s: float) -> Timeline:
-        """Occupy the lanes ``plan`` (an estimate) needs; return the charged timeline."""
-        ready = plan.arrival_s
-        in_s, out_s = plan.transfer_in_s, plan.transfer_out_s
-        if self._dma_clock is not None and (in_s or out_s):
-            # Both transfers occupy the DMA engine back to back (a simplification:
-            # the outbound copy really happens after the task runs).
-            ready = self._dma_clock.charge(ready, in_s + out_s)[0] + in_s
-        start, end = self._clocks[engine.name].charge(ready, plan.exec_s)
-        return Timeline(arrival_s, start, end + out_s, plan.exec_s, in_s, out_s)
+        b_in, b_out = self._transfers(task, engine)
+        return self.model.estimate(
+            engine, task.op, task.nbytes, arrival_s, bytes_in=b_in, bytes_out=b_out,
+            level=task.level, host_seconds=self._host_seconds(task),
+        )  # fmt: skip
 
     def submit(
         self, task: Task, engine: EngineInfo, arrival_s: float, placement: Placement | None = None
@@ -361,8 +326,10 @@ class EmulatorDevice(Device):
             else:
                 self._bind(rec, task.dst, dst=True)
             rec.out_addr = ct.dst.addr
-        if task.op == "python":
+        if task.op in CALLBACK_OPS:
             register_callback(uid, self._runner(rec, uid))
+        if task.keep is not None:
+            rec.keep.append(task.keep)
         future = rec.future
         future._record = rec  # type: ignore[attr-defined]
         placement = future.placement
@@ -370,15 +337,15 @@ class EmulatorDevice(Device):
         plan = placement.timeline
         if plan is None or plan.arrival_s != ready_s or placement.engine != engine.label:
             plan = self.estimate(task, engine, ready_s)
-        crossing = self._crossing[engine.name]
+        crossing = self.model.crossing[engine.name]
         with self._submit_lock:
             if self._state != "running":
                 unregister_callback(uid)
                 raise errors.RuntimeClosedError("the device is shut down", device=self.label, op=task.op)
-            timeline = placement.timeline = self._charge(engine, plan, arrival_s)
+            timeline = placement.timeline = self.model.charge(engine, task.op, task.nbytes, plan, arrival_s)
             if crossing:
                 self._pcie_bytes[engine.name] += self._transfers(task, engine)[0]
-                rec.crosses = not isinstance(task.dst, DeviceBuffer)
+                rec.crosses = not _keeps_output(task, self.label)
             self._records[uid] = rec
             try:
                 assert self._pe is not None and self._native is not None
@@ -387,7 +354,7 @@ class EmulatorDevice(Device):
             except BaseException:
                 self._records.pop(uid, None)
                 unregister_callback(uid)
-                self._clocks[engine.name].correct(timeline.finish_s - timeline.transfer_out_s, -timeline.exec_s)
+                self.model.uncharge(engine, timeline)
                 raise
         if ran_inline:  # complete already, and never on the completion queue
             del self._records[uid]
@@ -480,18 +447,22 @@ class EmulatorDevice(Device):
         if task.op == "python":
             self._correct_python(rec, placement)
         if status == _OK:
-            if task.op == "python":
+            if task.op in CALLBACK_OPS:
                 value = rec.value
             elif task.convert is None:
                 value = ct.result
             else:
                 try:
-                    value = task.convert(ct.result, memoryview(ffi.buffer(rec.out_addr, ct.result)))
+                    out = None if rec.out_addr is None else memoryview(ffi.buffer(rec.out_addr, ct.result))
+                    value = task.convert(ct.result, out)
                 except BaseException as exc:  # a converter bug must still finish the future
                     self._fail(rec, placement, exc)
                     return
+            out_bytes = ct.result if task.op in _NEEDS_DST else _out_bytes(task, value)
             if rec.crosses:
-                self._pcie_bytes[rec.engine.name] += ct.result if task.op in _NEEDS_DST else task.out_hint
+                self._pcie_bytes[rec.engine.name] += out_bytes
+            if task.op != "python" and task.nbytes:
+                self.model.observe(rec.engine.name, task.op, bytes_in=task.nbytes, bytes_out=out_bytes)
             placement.status = "ok"
             if published:
                 future.set_result(value)
@@ -502,7 +473,12 @@ class EmulatorDevice(Device):
         if status == _ERR_TOO_SMALL and task.grow_output and ct.needed > 0 and self._rerun_larger(rec, int(ct.needed)):
             return
         if status == _ERR_CALLBACK and rec.exc is not None:
-            self._fail(rec, placement, rec.exc, f"raised {type(rec.exc).__name__}")
+            err = rec.exc
+            if task.op != "python" and isinstance(err, errors.DpdpuError):
+                # A codec's own error: say where it ran, like the core's errors do.
+                self._fail(rec, placement, err.on(self.label, rec.engine.name))
+                return
+            self._fail(rec, placement, err, f"raised {type(err).__name__}")
             return
         detail = (
             f"needs {int(ct.needed)} bytes, has {int(ct.dst.len)}" if status == _ERR_TOO_SMALL and ct.needed else None
@@ -554,14 +530,9 @@ class EmulatorDevice(Device):
         old = self._py_history.get(key)
         self._py_history[key] = rec.py_wall if old is None else 0.7 * old + 0.3 * rec.py_wall
         timeline = placement.timeline
-        if timeline is None:
-            return
-        actual = self.cost.exec_seconds(self._eprof[rec.engine.name], "python", 0, host_seconds=rec.py_wall)
-        delta = actual - timeline.exec_s
-        if delta:
-            self._clocks[rec.engine.name].correct(timeline.finish_s - timeline.transfer_out_s, delta)
-            timeline.exec_s = actual
-            timeline.finish_s += delta
+        if timeline is not None:
+            actual = self.model.exec_seconds(rec.engine.name, "python", 0, host_seconds=rec.py_wall)
+            self.model.adjust(rec.engine, timeline, actual)
 
     # --- statistics ------------------------------------------------------------
 
@@ -579,6 +550,24 @@ class EmulatorDevice(Device):
                 modeled_busy_s=clock.busy_s, modeled_horizon_s=clock.last_finish_s,
             )  # fmt: skip
         return out
+
+
+def _keeps_output(task: Task, device: str) -> bool:
+    """True if the task's result stays in ``device`` memory (no transfer back)."""
+    where = data_location()
+    return isinstance(task.dst, DeviceBuffer) or (where.keep_output and where.device in (None, device))
+
+
+def _out_bytes(task: Task, value: Any) -> int:
+    """Bytes of a task's result (what crosses back over PCIe)."""
+    if task.op in CALLBACK_OPS and task.op != "python":
+        return _nbytes(value)
+    nbytes = getattr(value, "nbytes", None)  # Arrow arrays, tables and batches
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(value, list | tuple) and value and all(isinstance(getattr(v, "nbytes", None), int) for v in value):
+        return sum(v.nbytes for v in value)
+    return task.out_hint
 
 
 def _fn_key(fn: Any) -> str:

@@ -32,6 +32,7 @@ if _built_for != __version__:  # pragma: no cover - needs a stale build
     )
 
 __all__ = [
+    "CALLBACK_OPS",
     "OPS",
     "EngineConfig",
     "MemoryMap",
@@ -51,7 +52,18 @@ OPS: dict[str, int] = {
     "deflate_decompress": lib.DPDPU_OP_DEFLATE_DECOMPRESS,
     "crc32c": lib.DPDPU_OP_CRC32C,
     "python": lib.DPDPU_OP_CALLBACK,
+    "lz4_compress": lib.DPDPU_OP_LZ4_COMPRESS,
+    "lz4_decompress": lib.DPDPU_OP_LZ4_DECOMPRESS,
+    "zstd_compress": lib.DPDPU_OP_ZSTD_COMPRESS,
+    "zstd_decompress": lib.DPDPU_OP_ZSTD_DECOMPRESS,
+    "filter": lib.DPDPU_OP_FILTER,
+    "project": lib.DPDPU_OP_PROJECT,
+    "aggregate": lib.DPDPU_OP_AGGREGATE,
+    "partition": lib.DPDPU_OP_PARTITION,
 }
+
+#: ops a worker runs by calling back into Python (``Task.fn``)
+CALLBACK_OPS = frozenset({"python", "lz4_compress", "lz4_decompress", "zstd_compress", "zstd_decompress"})
 
 _STATUS_ERRORS: dict[int, type[errors.DpdpuError]] = {
     lib.DPDPU_ERR_INVALID_ARGUMENT: errors.InvalidArgumentError,
@@ -210,7 +222,14 @@ class NativeDevice:
         """Counters the core keeps for engine ``engine``."""
         out = ffi.new("struct dpdpu_engine_stats *")
         check(lib.dpdpu_dev_engine_stats(self._dev, engine, out), device=self.name)
-        return {k: int(getattr(out, k)) for k in ("tasks", "failed", "inlined", "bytes_in", "bytes_out", "exec_ns")}
+        keys = ("tasks", "failed", "inlined", "bytes_in", "bytes_out", "exec_ns", "in_flight", "capacity")
+        return {k: int(getattr(out, k)) for k in keys}
+
+    def queue_full(self, engine: int) -> tuple[int, int] | None:
+        """``(in flight, capacity)`` if engine ``engine``'s queue is full now, else None."""
+        out = ffi.new("struct dpdpu_engine_stats *")
+        lib.dpdpu_dev_engine_stats(self._dev, engine, out)
+        return (int(out.in_flight), int(out.capacity)) if out.in_flight >= out.capacity else None
 
     @property
     def memory_used(self) -> int:

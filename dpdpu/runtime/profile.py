@@ -31,6 +31,7 @@ __all__ = [
     "Figure",
     "OpCost",
     "Profile",
+    "StorageProfile",
     "builtin_profiles",
 ]
 
@@ -107,6 +108,78 @@ class EngineProfile:
 
 
 @dataclass(frozen=True)
+class StorageProfile:
+    """The device's storage as the block device model sees it.
+
+    An I/O holds one of ``parallelism`` queue slots for its fixed latency plus
+    its transfer, and transfers share one channel at the bandwidth.  The fixed
+    read latency is the published small-I/O latency (measured at
+    ``latency_io_bytes``) minus that I/O's transfer time.
+    """
+
+    medium: Figure
+    read_mb_per_s: Figure
+    write_mb_per_s: Figure
+    read_latency_us: Figure
+    write_latency_us: Figure
+    flush_us: Figure
+    parallelism: Figure
+    #: published small random-read throughput, kept to check the model against
+    random_read_8k_mb_per_s: Figure | None = None
+    latency_io_bytes: int = 8192
+
+    @property
+    def read_bytes_per_s(self) -> float:
+        """Read bandwidth of the channel."""
+        return float(self.read_mb_per_s.value) * 1e6
+
+    @property
+    def write_bytes_per_s(self) -> float:
+        """Write bandwidth of the channel."""
+        return float(self.write_mb_per_s.value) * 1e6
+
+    @property
+    def read_fixed_s(self) -> float:
+        """Per-read latency apart from the transfer."""
+        total = float(self.read_latency_us.value) * 1e-6
+        return max(0.0, total - self.latency_io_bytes / self.read_bytes_per_s)
+
+    @property
+    def write_fixed_s(self) -> float:
+        """Per-write latency apart from the transfer."""
+        total = float(self.write_latency_us.value) * 1e-6
+        return max(0.0, total - self.latency_io_bytes / self.write_bytes_per_s)
+
+    @property
+    def flush_s(self) -> float:
+        """Time one flush holds a queue slot."""
+        return float(self.flush_us.value) * 1e-6
+
+    @property
+    def slots(self) -> int:
+        """I/Os the device serves at once."""
+        return int(self.parallelism.value)
+
+    def figures(self) -> dict[str, Figure]:
+        """Every figure of the section by its TOML key."""
+        out = {key: getattr(self, key) for key in _STORAGE_KEYS}
+        if self.random_read_8k_mb_per_s is not None:
+            out["random_read_8k_mb_per_s"] = self.random_read_8k_mb_per_s
+        return out
+
+
+_STORAGE_KEYS = (
+    "medium",
+    "read_mb_per_s",
+    "write_mb_per_s",
+    "read_latency_us",
+    "write_latency_us",
+    "flush_us",
+    "parallelism",
+)
+
+
+@dataclass(frozen=True)
 class Profile:
     """Everything the emulator needs to model one device."""
 
@@ -119,6 +192,7 @@ class Profile:
     hardware: Mapping[str, Figure] = field(default_factory=dict)
     facts: Mapping[str, Figure] = field(default_factory=dict)
     path: str = ""
+    storage: StorageProfile | None = None
 
     def engine(self, name: str) -> EngineProfile:
         """The engine called ``name``."""
@@ -151,6 +225,10 @@ class Profile:
             for cost in engine.costs.values():
                 if cost.assumption:
                     out.append(f"{engine.name}.{cost.op}: {cost.source}")
+        if self.storage is not None:
+            for key, fig in self.storage.figures().items():
+                if fig.assumption:
+                    out.append(f"storage.{key}: {fig.source}")
         return out
 
     @classmethod
@@ -314,6 +392,7 @@ def _parse(data: dict[str, Any], where: str) -> Profile:
             if fig is None or fig.value is not True:
                 raise ProfileError(f"{where}: engines.{engine.name} runs {op} but [hardware] does not list {op} = true")
     facts = {k: _figure(v, f"{where}: facts.{k}") for k, v in data.get("facts", {}).items()}
+    storage = _storage(data["storage"], f"{where}: storage") if "storage" in data else None
     return Profile(
         name=name,
         kind=kind,
@@ -324,4 +403,32 @@ def _parse(data: dict[str, Any], where: str) -> Profile:
         hardware=hardware,
         facts=facts,
         path=where,
+        storage=storage,
+    )
+
+
+def _storage(raw: Any, where: str) -> StorageProfile:
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where}: expected a table")
+    figs = {key: _figure(raw.get(key), f"{where}.{key}") for key in _STORAGE_KEYS}
+    for key in _STORAGE_KEYS[1:]:
+        _positive(figs[key], f"{where}.{key}")
+    if not isinstance(figs["parallelism"].value, int):
+        raise ProfileError(f"{where}.parallelism: expected a positive integer")
+    extra = None
+    if "random_read_8k_mb_per_s" in raw:
+        extra = _figure(raw["random_read_8k_mb_per_s"], f"{where}.random_read_8k_mb_per_s")
+        _positive(extra, f"{where}.random_read_8k_mb_per_s")
+    unknown = set(raw) - set(_STORAGE_KEYS) - {"random_read_8k_mb_per_s"}
+    if unknown:
+        raise ProfileError(f"{where}: unknown keys {sorted(unknown)}")
+    return StorageProfile(
+        medium=figs["medium"],
+        read_mb_per_s=figs["read_mb_per_s"],
+        write_mb_per_s=figs["write_mb_per_s"],
+        read_latency_us=figs["read_latency_us"],
+        write_latency_us=figs["write_latency_us"],
+        flush_us=figs["flush_us"],
+        parallelism=figs["parallelism"],
+        random_read_8k_mb_per_s=extra,
     )

@@ -16,22 +16,24 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import errors
-from .device import Device, DeviceBuffer, EngineStats, Task
+from .device import DATA_LOCATION, DataLocation, Device, DeviceBuffer, EngineStats, Task
 from .emulator import EmulatorDevice
 from .future import TaskFuture
-from .placement import Placement, _ms, _size, place
+from .placement import POLICIES, Placement, _ms, _size, place
 from .profile import Profile
 from .registry import open_device
 
 __all__ = ["Runtime", "RuntimeStats", "current_runtime", "python_task"]
 
 _current: ContextVar[Runtime | None] = ContextVar("dpdpu_runtime", default=None)
+#: engine label every task submitted in this context goes to (see Runtime.pinned)
+_pinned: ContextVar[str | None] = ContextVar("dpdpu_pinned_engine", default=None)
 _default: Runtime | None = None
 _default_lock = threading.Lock()
 _live: weakref.WeakSet[Runtime] = weakref.WeakSet()
@@ -99,6 +101,10 @@ class Runtime:
             :class:`Device`.  Default: ``$DPDPU_DEVICE``, else ``bluefield3``.
         workers: worker threads per engine (default: the CPU count).
         queue_depth: tasks an engine queues before ``submit`` blocks.
+        policy: how tasks are placed (:data:`~dpdpu.runtime.placement.POLICIES`):
+            ``"cost"`` (default) picks the engine -- device or host -- with the
+            smallest estimated finish; ``"dpu-only"`` keeps work on the device
+            (the host only as fallback); ``"host-only"``; ``"greedy-accelerator"``.
 
     Use it as a context manager; inside the ``with`` block the plain
     functions of :mod:`dpdpu.compute` and ``@offload`` functions run on it.
@@ -110,7 +116,13 @@ class Runtime:
         *,
         workers: int | None = None,
         queue_depth: int = 0,
+        policy: str = "cost",
     ) -> None:
+        if policy not in POLICIES:
+            raise errors.InvalidArgumentError(
+                f"unknown placement policy {policy!r}; choose one of {', '.join(POLICIES)}"
+            )
+        self.policy = policy
         options: dict[str, Any] = {}
         if workers is not None:
             options["workers"] = workers
@@ -198,21 +210,75 @@ class Runtime:
             raise errors.InvalidArgumentError(f"cannot run a {type(fn).__name__}; expected a callable")
         return self.run(task, **options)
 
-    def run(self, task: Task, *, engine: str | None = None, fallback: bool = True) -> TaskFuture:
-        """Place and submit a prepared :class:`Task` (for engines and libraries built on dpdpu)."""
+    def run(
+        self, task: Task, *, engine: str | None = None, fallback: bool = True, policy: str | None = None
+    ) -> TaskFuture:
+        """Place and submit a prepared :class:`Task` (for engines and libraries built on dpdpu).
+
+        ``policy`` overrides the runtime's placement policy for this task.
+        """
         if self._closed:
             raise errors.RuntimeClosedError("the runtime is shut down", device=self.device.label, op=task.op)
+        if engine is None:
+            engine = _pinned.get()
         if task.op == "python" and task.context is None:
             # Code inside the task (dpdpu.compute calls, other offloads) runs on this runtime.
             task.context = contextvars.copy_context()
             task.context.run(_current.set, self)
         with self._lock:
             arrival = self._vnow
-            placement, dev, info = place(task, self.device, self.host, arrival, engine=engine, fallback=fallback)
+            placement, dev, info = place(
+                task, self.device, self.host, arrival, engine=engine, fallback=fallback, policy=policy or self.policy
+            )
             future = dev.submit(task, info, arrival, placement)
             self._decisions[task.op, info.label] += 1
         future._observer = self._observe
         return future
+
+    @contextlib.contextmanager
+    def as_current(self) -> Iterator[Runtime]:
+        """Make this the current runtime inside the block, without shutting it down after."""
+        token = _current.set(self)
+        try:
+            yield self
+        finally:
+            _current.reset(token)
+
+    @contextlib.contextmanager
+    def pinned(self, engine: str) -> Iterator[None]:
+        """Send every task submitted inside the block (by any library) to ``engine``.
+
+        ``engine`` is a full label such as ``"bluefield3/arm"`` or ``"host/cpu"``;
+        a task that engine cannot run falls back along its kind's chain.
+        Pipelines use this to run each step where their plan put it.
+        """
+        if not any(e.label == engine for d in self.devices for e in d.engines):
+            labels = ", ".join(e.label for d in self.devices for e in d.engines)
+            raise errors.InvalidArgumentError(f"no engine {engine!r}; this runtime has {labels}")
+        token = _pinned.set(engine)
+        try:
+            yield
+        finally:
+            _pinned.reset(token)
+
+    @contextlib.contextmanager
+    def data_on(self, device: str | None, *, keep_output: bool = False) -> Iterator[None]:
+        """Declare where the data of tasks submitted in the block lives.
+
+        ``device`` (a device label) already holds the inputs, so tasks that run
+        there pay no PCIe transfer in; with ``keep_output`` their results stay
+        there for a next step (no transfer out).  Pipelines set this per step.
+        """
+        token = DATA_LOCATION.set(DataLocation(device, keep_output))
+        try:
+            yield
+        finally:
+            DATA_LOCATION.reset(token)
+
+    @property
+    def vnow(self) -> float:
+        """The runtime's virtual time: when the next task would arrive (seconds)."""
+        return self._vnow
 
     def _observe(self, future: TaskFuture) -> None:
         timeline = future.placement.timeline if future.placement is not None else None

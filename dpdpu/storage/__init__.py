@@ -1,4 +1,24 @@
-"""The storage engine (block device, file service, KV-cache tier).
+"""The storage engine: a block device over a file and a file service on top of it.
 
-Nothing is public here yet.
+* :class:`BlockDevice` — SPDK-shaped asynchronous reads, writes and flushes
+  with a bounded queue depth, run by C worker threads, completions by polling
+  or futures, device time modeled from the profile's ``[storage]`` figures.
+* :class:`FileService` — DDS-style files and directories on a block device,
+  asynchronous (scatter/gather) reads and writes, crash-consistent through a
+  write-ahead journal and metadata snapshots.
 """
+
+from .bdev import BlockDevice, IOFuture, IOTiming, StorageModel, aligned_buffer
+from .fs import FileFuture, FileService, FileStat, split_path
+
+__all__ = [
+    "BlockDevice",
+    "FileFuture",
+    "FileService",
+    "FileStat",
+    "IOFuture",
+    "IOTiming",
+    "StorageModel",
+    "aligned_buffer",
+    "split_path",
+]

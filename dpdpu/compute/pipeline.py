@@ -1,0 +1,357 @@
+"""Pipelines: a chain of compute ops placed as a whole.
+
+Placing each step on its own fastest engine can make data cross PCIe back
+and forth (decompress on the DPU's hardware engine, filter on the host,
+aggregate on the DPU ...).  A :class:`Pipeline` is planned as a whole: every
+assignment of steps to engines is costed -- execution and queueing from the
+cost model, plus a PCIe transfer wherever consecutive steps sit on different
+sides of the link, plus bringing the final result to the host -- and the
+cheapest runs.  :meth:`Pipeline.plan` shows the numbers without running
+anything; :meth:`Pipeline.run` runs the plan and reports what it cost.
+
+>>> import dpdpu, pyarrow as pa
+>>> p = dpdpu.compute.Pipeline().filter("x > 1").aggregate([], [("x", "sum")])
+>>> p.run(pa.table({"x": [1, 2, 3]})).value.column("x_sum").to_pylist()
+[5]
+
+Bytes flowing into a table step are read as an Arrow IPC stream; a table
+flowing into ``compress`` is written as one, so compressed Arrow IPC blocks
+can be decompressed, filtered and aggregated in one pipeline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from .. import errors
+from ..runtime.device import Device, EngineInfo, Task
+from ..runtime.placement import _ms, _size
+from ..runtime.runtime import Runtime, current_runtime
+
+__all__ = ["Pipeline", "PipelinePlan", "PipelineRun", "Step"]
+
+#: Step names a pipeline knows.
+STEPS = ("decompress", "compress", "filter", "project", "aggregate", "partition")
+#: Most engine assignments a plan enumerates before it settles for a greedy choice.
+_MAX_ASSIGNMENTS = 20_000
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: a compute op by name and its keyword arguments."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def op(self) -> str:
+        """The op the cost model knows it by, e.g. ``lz4_decompress``."""
+        if self.name in ("compress", "decompress"):
+            return f"{self.kwargs.get('codec', 'deflate')}_{self.name}"
+        return self.name
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.name}({args})"
+
+
+@dataclass
+class Choice:
+    """Where each step runs under one assignment, and its estimated cost."""
+
+    engines: tuple[str, ...]
+    total_s: float
+    exec_s: float
+    transfer_s: float
+    pcie_bytes: int
+
+
+@dataclass
+class PipelinePlan:
+    """The chosen assignment of steps to engines and the alternatives it beat."""
+
+    steps: list[Step]
+    input_bytes: int
+    policy: str
+    chosen: Choice
+    alternatives: list[Choice]
+    stepwise: Choice | None = None
+    considered: int = 0
+
+    def __str__(self) -> str:
+        lines = [
+            f"pipeline of {len(self.steps)} steps on {_size(self.input_bytes)} ({self.policy}; "
+            f"{self.considered} assignments costed)"
+        ]
+        width = max(len(str(s)) for s in self.steps)
+        for step, engine in zip(self.steps, self.chosen.engines, strict=True):
+            lines.append(f"  {step!s:<{width}}  -> {engine}")
+        lines.append(f"  {'assignment':<60} {'total':>10} {'exec':>10} {'PCIe':>10} {'bytes':>10}")
+        rows = [("chosen", self.chosen), *((f"alt {i + 1}", c) for i, c in enumerate(self.alternatives))]
+        if self.stepwise is not None:
+            rows.append(("each step alone", self.stepwise))
+        for name, c in rows:
+            route = " > ".join(e.split("/")[-1] + "@" + e.split("/")[0] for e in c.engines)
+            lines.append(
+                f"  {name + ': ' + route:<60} {_ms(c.total_s):>10} {_ms(c.exec_s):>10} "
+                f"{_ms(c.transfer_s):>10} {_size(c.pcie_bytes):>10}"
+            )
+        return "\n".join(lines)
+
+
+@dataclass
+class PipelineRun:
+    """What running a pipeline produced and cost."""
+
+    value: Any
+    plan: PipelinePlan
+    wall_s: float
+    modeled_s: float
+    pcie_bytes: int
+    step_bytes: list[int]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.plan}\n  ran: wall {_ms(self.wall_s)}, modeled {_ms(self.modeled_s)}, "
+            f"{_size(self.pcie_bytes)} over PCIe"
+        )
+
+
+def _nbytes(value: Any) -> int:
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(value, list):
+        return sum(_nbytes(v) for v in value)
+    try:
+        return memoryview(value).nbytes
+    except TypeError:
+        return 0
+
+
+def _as_table(value: Any) -> Any:
+    if isinstance(value, (pa.Table, pa.RecordBatch)):
+        return value
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(value)).read_all()
+    except (pa.ArrowInvalid, TypeError) as exc:
+        raise errors.InvalidArgumentError(f"a table step needs Arrow data or an Arrow IPC stream ({exc})") from None
+
+
+def _as_bytes(value: Any) -> Any:
+    if isinstance(value, (pa.Table, pa.RecordBatch)):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.schema) as writer:
+            writer.write(value)
+        return sink.getvalue()
+    return value
+
+
+def _functions() -> dict[str, Callable[..., Any]]:
+    from . import codecs, kernels
+
+    return {
+        "compress": codecs.compress,
+        "decompress": codecs.decompress,
+        "filter": kernels.filter,
+        "project": kernels.project,
+        "aggregate": kernels.aggregate,
+        "partition": kernels.partition,
+    }
+
+
+class Pipeline:
+    """A chain of compute steps, planned and placed as a whole.
+
+    Build it step by step (``Pipeline().decompress(codec="lz4").filter("x > 1")``)
+    or from a list of :class:`Step` / ``(name, kwargs)`` pairs.
+    """
+
+    def __init__(self, steps: Sequence[Step | tuple[str, dict[str, Any]]] = ()) -> None:
+        self.steps: list[Step] = []
+        for step in steps:
+            self._add(step if isinstance(step, Step) else Step(step[0], dict(step[1])))
+
+    def _add(self, step: Step) -> Pipeline:
+        if step.name not in STEPS:
+            raise errors.UnknownOpError(f"unknown pipeline step {step.name!r}; available: {', '.join(STEPS)}")
+        if self.steps and self.steps[-1].name == "partition":
+            raise errors.InvalidArgumentError("partition must be the last step of a pipeline")
+        self.steps.append(step)
+        return self
+
+    def decompress(self, codec: str = "deflate", **kwargs: Any) -> Pipeline:
+        """Append a decompression (see :func:`dpdpu.compute.decompress`)."""
+        return self._add(Step("decompress", {"codec": codec, **kwargs}))
+
+    def compress(self, codec: str = "deflate", **kwargs: Any) -> Pipeline:
+        """Append a compression (see :func:`dpdpu.compute.compress`)."""
+        return self._add(Step("compress", {"codec": codec, **kwargs}))
+
+    def filter(self, predicate: Any) -> Pipeline:
+        """Append a filter (see :func:`dpdpu.compute.filter`)."""
+        return self._add(Step("filter", {"predicate": predicate}))
+
+    def project(self, columns: Any) -> Pipeline:
+        """Append a projection (see :func:`dpdpu.compute.project`)."""
+        return self._add(Step("project", {"columns": columns}))
+
+    def aggregate(self, keys: Sequence[str], aggregations: Sequence[tuple[str | None, str]]) -> Pipeline:
+        """Append a hash aggregation (see :func:`dpdpu.compute.aggregate`)."""
+        return self._add(Step("aggregate", {"keys": list(keys), "aggregations": list(aggregations)}))
+
+    def partition(self, keys: Sequence[str], n: int) -> Pipeline:
+        """Append a hash partitioning into ``n`` parts; it must be the last step."""
+        return self._add(Step("partition", {"keys": list(keys), "n": n}))
+
+    def __repr__(self) -> str:
+        return "Pipeline(" + " > ".join(str(s) for s in self.steps) + ")"
+
+    # --- planning --------------------------------------------------------------------
+
+    def plan(self, data: Any, runtime: Runtime | None = None) -> PipelinePlan:
+        """Cost every assignment of steps to engines for ``data``; nothing runs."""
+        if not self.steps:
+            raise errors.InvalidArgumentError("the pipeline has no steps")
+        rt = runtime or current_runtime()
+        size = _nbytes(data)
+        engines = [(dev, info) for dev in rt.devices for info in dev.engines]
+        sizes = [size]
+        options: list[list[tuple[Device, EngineInfo]]] = []
+        for step in self.steps:
+            probe = Task(op=step.op, nbytes=sizes[-1], name=step.op)
+            able = [(d, i) for d, i in engines if d.can_run(probe, i) is None and _allowed(rt, d, i)]
+            if not able:  # the policy leaves nothing: any engine that can run it
+                able = [(d, i) for d, i in engines if d.can_run(probe, i) is None]
+            if not able:
+                raise errors.UnsupportedOpError(f"no engine of this runtime can run {step}", op=step.op)
+            options.append(able)
+            model = getattr(rt.device, "model", None)
+            ratio = model.out_ratio(step.op) if model is not None else 1.0
+            sizes.append(max(1, int(sizes[-1] * ratio)))
+
+        arrival = rt.vnow
+        count = 1
+        for opts in options:
+            count *= len(opts)
+        if count <= _MAX_ASSIGNMENTS and rt.policy != "greedy-accelerator":
+            choices = [_cost(rt, self.steps, combo, sizes, arrival) for combo in itertools.product(*options)]
+        else:
+            choices = [_greedy(rt, self.steps, options, sizes, arrival)]
+        choices.sort(key=lambda c: c.total_s)
+        stepwise = _greedy(rt, self.steps, options, sizes, arrival)
+        return PipelinePlan(
+            steps=list(self.steps),
+            input_bytes=size,
+            policy=rt.policy,
+            chosen=choices[0],
+            alternatives=choices[1:4],
+            stepwise=stepwise,
+            considered=len(choices),
+        )
+
+    # --- running -----------------------------------------------------------------------
+
+    def run(self, data: Any, runtime: Runtime | None = None) -> PipelineRun:
+        """Plan, then run every step on the engine the plan chose; returns the result and its costs."""
+        rt = runtime or current_runtime()
+        plan = self.plan(data, rt)
+        functions = _functions()
+        start_v, start_pcie, t0 = rt.vnow, rt.stats().pcie_bytes, time.perf_counter()
+        value, step_bytes = data, []
+        labels = {info.label: _side(rt, dev, info) for dev in rt.devices for info in dev.engines}
+        sides = [labels[e] for e in plan.chosen.engines]
+        with rt.as_current():
+            for i, (step, engine) in enumerate(zip(self.steps, plan.chosen.engines, strict=True)):
+                value = _as_bytes(value) if step.name == "decompress" or step.name == "compress" else _as_table(value)
+                # Intermediate results stay where they were made; only side changes cross PCIe.
+                resident = rt.device.label if i > 0 and sides[i - 1] == "device" else None
+                keep = i + 1 < len(sides) and sides[i] == sides[i + 1] == "device"
+                with rt.pinned(engine), rt.data_on(resident, keep_output=keep):
+                    value = functions[step.name](value, **step.kwargs)
+                step_bytes.append(_nbytes(value))
+        return PipelineRun(
+            value=value,
+            plan=plan,
+            wall_s=time.perf_counter() - t0,
+            modeled_s=rt.vnow - start_v,
+            pcie_bytes=rt.stats().pcie_bytes - start_pcie,
+            step_bytes=step_bytes,
+        )
+
+    __call__ = run
+
+
+def _allowed(rt: Runtime, dev: Device, info: EngineInfo) -> bool:
+    on_host = dev is rt.host or rt.host is None
+    if rt.policy == "host-only":
+        return on_host
+    if rt.policy in ("dpu-only", "greedy-accelerator"):
+        return not on_host or rt.host is None
+    return True
+
+
+def _side(rt: Runtime, dev: Device, info: EngineInfo) -> str:
+    return "device" if dev is not rt.host and info.on_device else "host"
+
+
+def _transfer(rt: Runtime, nbytes: int) -> float:
+    model = getattr(rt.device, "model", None)
+    return 0.0 if model is None else float(model.cost.transfer_seconds(nbytes))
+
+
+def _cost(
+    rt: Runtime, steps: list[Step], combo: Sequence[tuple[Device, EngineInfo]], sizes: list[int], arrival: float
+) -> Choice:
+    t, where = arrival, "host"
+    exec_total = transfer_total = 0.0
+    pcie = 0
+    for i, (step, (dev, info)) in enumerate(zip(steps, combo, strict=True)):
+        side = _side(rt, dev, info)
+        if side != where:
+            hop = _transfer(rt, sizes[i])
+            t += hop
+            transfer_total += hop
+            pcie += sizes[i]
+            where = side
+        model = getattr(dev, "model", None)
+        level = step.kwargs.get("level")
+        if model is not None:
+            timeline = model.estimate(info, step.op, sizes[i], t, level=level if isinstance(level, int) else None)
+        else:
+            timeline = dev.estimate(Task(op=step.op, nbytes=sizes[i]), info, t)
+        exec_total += timeline.exec_s
+        t = timeline.finish_s
+    if where != "host":
+        hop = _transfer(rt, sizes[-1])
+        t += hop
+        transfer_total += hop
+        pcie += sizes[-1]
+    return Choice(tuple(info.label for _, info in combo), t - arrival, exec_total, transfer_total, pcie)
+
+
+def _greedy(
+    rt: Runtime,
+    steps: list[Step],
+    options: list[list[tuple[Device, EngineInfo]]],
+    sizes: list[int],
+    arrival: float,
+) -> Choice:
+    """Each step on its own best engine, ignoring where its neighbours run."""
+    combo = []
+    for i, (step, opts) in enumerate(zip(steps, options, strict=True)):
+        if rt.policy == "greedy-accelerator":
+            for kind in ("accelerator", "arm", "host"):
+                kinds = [o for o in opts if o[1].kind == kind]
+                if kinds:
+                    opts = kinds
+                    break
+        best = min(opts, key=lambda o: _cost(rt, [step], [o], [sizes[i], sizes[i + 1]], arrival).total_s)
+        combo.append(best)
+    return _cost(rt, steps, combo, sizes, arrival)
