@@ -468,6 +468,14 @@ def test_names_are_created_attached_and_removed(name: str) -> None:
     assert not path.exists()
 
 
+def test_a_file_path_works_as_a_name(tmp_path: Path) -> None:
+    path = str(tmp_path / "ring")
+    with Channel.create(path, 4096, role="receiver") as receiver, Channel.attach(path) as sender:
+        sender.send(b"via a file")
+        assert receiver.recv(timeout=1) == b"via a file"
+    assert not Path(path).exists()
+
+
 def test_attach_to_missing_or_corrupt_ring(name: str) -> None:
     with pytest.raises(errors.InvalidArgumentError, match="no channel named"):
         Channel.attach(name)

@@ -38,7 +38,9 @@
  * the sleeper checks whether its peer process still exists.  A peer that
  * closed its end, or whose process died, ends the wait with
  * DPDPU_ERR_SHUTDOWN; a consumer first receives everything the producer
- * committed.
+ * committed.  A process is judged alive from /proc (a zombie counts as dead,
+ * and its start time guards against a reused id), so both ends must share a
+ * PID namespace.
  *
  * A handle is used by one thread at a time, except dpdpu_ring_close(), which
  * any thread may call to end the waits of another.
@@ -232,7 +234,7 @@ int dpdpu_ring_reserve(struct dpdpu_ring *ring, uint64_t len, void **out, int64_
 /**
  * Publish every record reserved since the last commit with one store, and
  * wake the consumer if it sleeps.
- * \return the number of records published, or INVALID_ARGUMENT, SHUTDOWN
+ * \return the number of messages published, or INVALID_ARGUMENT, SHUTDOWN
  */
 int dpdpu_ring_commit(struct dpdpu_ring *ring);
 
@@ -307,7 +309,7 @@ int dpdpu_ring_peek(struct dpdpu_ring *ring, struct dpdpu_ring_view *view, int64
 /**
  * Free the room of every span peeked so far and wake the producer if it
  * waits for room.
- * \return the number of records released, or INVALID_ARGUMENT
+ * \return the number of spans released, or INVALID_ARGUMENT
  */
 int dpdpu_ring_release(struct dpdpu_ring *ring);
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import struct
 import threading
 import time
 import weakref
@@ -246,7 +247,8 @@ class Channel:
         self._len_out = ffi.new("uint64_t *")
         self._count_out = ffi.new("uint32_t *")
         self._view = ffi.new("struct dpdpu_ring_view *")
-        self._scratch: Any = None
+        self._scratch: Any = None  # recv_many()'s buffer, and its cffi array
+        self._scratch_c: Any = None
         self._lens: Any = None
         #: the buffer holding the start of a bulk message a timeout interrupted
         self._partial: Any = None
@@ -717,8 +719,10 @@ class Channel:
         return err
 
     def recv_many(self, max: int = 1024, timeout: float | None = None) -> list[bytes]:
-        """Receive up to ``max`` messages: waits (up to ``timeout``) for the first, then
-        takes those already there, releasing their room at once.
+        """Receive up to ``max`` messages, waiting (up to ``timeout``) only for the first.
+
+        Takes the messages already published after it and releases their room
+        at once.  A bulk message comes alone.
 
         Raises:
             QueueFullError, RuntimeClosedError, TruncatedDataError: as :meth:`recv`.
@@ -734,11 +738,11 @@ class Channel:
                 self._recv_into_locked(out, wait, timeout, "recv_many")
                 return [bytes(out)]
             if self._scratch is None:
-                self._scratch = ffi.buffer(ffi.new("char[]", min(_SCRATCH_BYTES, self._max_message)))
+                self._scratch_c = ffi.new("char[]", min(_SCRATCH_BYTES, self._max_message))
+                self._scratch = ffi.buffer(self._scratch_c)
             if self._lens is None or len(self._lens) < max:
                 self._lens = ffi.new("uint64_t[]", max)
-            lens = self._lens
-            scratch = ffi.from_buffer(self._scratch)
+            lens, scratch = self._lens, self._scratch_c
             step = wait.first
             while True:
                 rc = lib.dpdpu_ring_recv_batch(self._h, scratch, len(scratch), lens, max, self._count_out, step)
@@ -753,20 +757,14 @@ class Channel:
             if rc:
                 raise self._error(rc, "recv_many", timeout=timeout)
             self._partial = None
-            sizes = ffi.unpack(lens, self._count_out[0])
-            blob = self._scratch[: sum(sizes)]
-        if len(sizes) == 1:
-            return [blob]
-        first = sizes[0]
-        if sizes.count(first) == len(sizes):  # records of one size: the common case, sliced faster
-            return [blob[i : i + first] for i in range(0, len(blob), first)] if first else [b""] * len(sizes)
-        result = []
-        pos = 0
-        for size in sizes:
-            end = pos + size
-            result.append(blob[pos:end])
-            pos = end
-        return result
+            count = int(self._count_out[0])
+            if count == 1:
+                return [self._scratch[: lens[0]]]
+            sizes = ffi.unpack(lens, count)
+            # struct makes the bytes objects in C, several times faster than slicing
+            first = sizes[0]
+            fmt = f"{first}s" * count if sizes.count(first) == count else "s".join(map(str, sizes)) + "s"
+            return list(struct.unpack_from(fmt, self._scratch))
 
     # --- lifecycle ------------------------------------------------------------
 
