@@ -214,6 +214,16 @@ int dpdpu_dev_engine_stats(const struct dpdpu_dev *dev, uint32_t engine, struct 
     return DPDPU_OK;
 }
 
+int64_t dpdpu_dev_engine_room(const struct dpdpu_dev *dev, uint32_t engine)
+{
+    uint32_t used;
+
+    if (dev == NULL || engine >= dev->n_engines)
+        return DPDPU_ERR_INVALID_ARGUMENT;
+    used = __atomic_load_n(&dev->engines[engine].in_flight, __ATOMIC_RELAXED);
+    return used >= dev->engines[engine].queue_depth ? 0 : (int64_t)(dev->engines[engine].queue_depth - used);
+}
+
 uint64_t dpdpu_dev_mem_used(const struct dpdpu_dev *dev)
 {
     return dev != NULL ? __atomic_load_n(&dev->mem_used, __ATOMIC_RELAXED) : 0;

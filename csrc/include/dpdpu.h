@@ -262,6 +262,13 @@ int dpdpu_dev_cap_max_job_bytes(const struct dpdpu_dev *dev, uint32_t engine, ui
  */
 int dpdpu_dev_engine_stats(const struct dpdpu_dev *dev, uint32_t engine, struct dpdpu_engine_stats *out);
 
+/**
+ * Room left in an engine's queue: its depth minus the tasks queued or running
+ * (a racy snapshot, which is all a scheduler can use anyway).
+ * \return the room (0 when full), or INVALID_ARGUMENT for a bad engine index
+ */
+int64_t dpdpu_dev_engine_room(const struct dpdpu_dev *dev, uint32_t engine);
+
 /** \return bytes of device memory in use (allocations plus running tasks) */
 uint64_t dpdpu_dev_mem_used(const struct dpdpu_dev *dev);
 

@@ -108,6 +108,8 @@ class DeviceModel:
         self._factor: dict[tuple[str, str], float] = {}
         self._out_ratio: dict[str, float] = {}
         self._batches: dict[str, _Batch] = {}
+        # The DPU's manager batches small requests to its engines; host threads take them one by one.
+        self._batching = {e.name: e.on_device for e in self.engines}
         self._lock = threading.Lock()
 
     # --- estimates ---------------------------------------------------------------
@@ -153,7 +155,7 @@ class DeviceModel:
 
     def _coalesced(self, engine: str, op: str, nbytes: int, ready_s: float) -> bool:
         c = self.coalescing
-        if c is None or nbytes > c.max_bytes:
+        if c is None or nbytes > c.max_bytes or not self._batching[engine]:
             return False
         batch = self._batches.get(engine)
         return (
@@ -220,7 +222,7 @@ class DeviceModel:
         finish = end + out_s
         if plan.link_out_s and self.dma_out_clock is not None:
             finish = self.dma_out_clock.charge(end, plan.link_out_s)[1] + (out_s - plan.link_out_s)
-        if self.coalescing is not None and nbytes <= self.coalescing.max_bytes:
+        if self.coalescing is not None and nbytes <= self.coalescing.max_bytes and self._batching[engine.name]:
             with self._lock:
                 if self._coalesced(engine.name, op, nbytes, plan.arrival_s):
                     self._batches[engine.name].count += 1

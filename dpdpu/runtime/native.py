@@ -227,9 +227,11 @@ class NativeDevice:
 
     def queue_full(self, engine: int) -> tuple[int, int] | None:
         """``(in flight, capacity)`` if engine ``engine``'s queue is full now, else None."""
+        if lib.dpdpu_dev_engine_room(self._dev, engine) > 0:
+            return None
         out = ffi.new("struct dpdpu_engine_stats *")
         lib.dpdpu_dev_engine_stats(self._dev, engine, out)
-        return (int(out.in_flight), int(out.capacity)) if out.in_flight >= out.capacity else None
+        return (int(out.in_flight), int(out.capacity))
 
     @property
     def memory_used(self) -> int:

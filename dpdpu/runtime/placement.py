@@ -153,6 +153,17 @@ def place(
     ``engine`` -- a kind (``"arm"``) or a full label (``"bluefield3/arm"``) --
     overrides it.
     """
+    if engine is None and host is None and len(device.engines) == 1 and policy in POLICIES:
+        # One engine, nothing to choose: skip the comparison (the common host-only case).
+        info = device.engines[0]
+        refusal = device.can_run(task, info)
+        if refusal is None or refusal.kind == "busy":
+            timeline = device.estimate(task, info, arrival_s)
+            candidate = Candidate(info.label, info.kind, None, timeline)
+            placement = Placement(
+                task.label, task.op, task.nbytes, info.label, info.kind, policy, [candidate], None, timeline
+            )
+            return placement, device, info
     exact = None
     if engine is not None and "/" in engine:
         # A full engine label ("bluefield3/arm"): exactly that engine, else its kind's fallback chain.
@@ -181,9 +192,9 @@ def place(
             continue
         for info in dev.engines:
             refusal = dev.can_run(task, info)
-            timeline = dev.estimate(task, info, arrival_s) if refusal is None else None
+            estimate = dev.estimate(task, info, arrival_s) if refusal is None else None
             is_fallback = host_is_fallback and host_side and host is not None
-            options.append((dev, info, Candidate(info.label, info.kind, refusal, timeline, is_fallback)))
+            options.append((dev, info, Candidate(info.label, info.kind, refusal, estimate, is_fallback)))
             if info.kind == "accelerator":
                 hardware_able = hardware_able or refusal is None
                 hardware_refused = hardware_refused or refusal is not None
