@@ -45,6 +45,11 @@ _NEEDS_DST = frozenset({"memcpy", "deflate_compress", "deflate_decompress"})
 #: costs more than the job.  They are charged modeled time like any other.
 _INLINE_OPS = frozenset({"nop", "crc32c", "memcpy"})
 _INLINE_MAX_BYTES = 4096
+#: Ops whose output size depends on the data, so its ratio to the input is learned.
+_LEARNED_RATIOS = frozenset(
+    {"deflate_compress", "deflate_decompress", "lz4_compress", "lz4_decompress", "zstd_compress",
+     "zstd_decompress", "filter", "project", "aggregate", "partition"}
+)  # fmt: skip
 #: How often the progress thread looks for completions while tasks are in
 #: flight.  Callers waiting on their own task take its completion at once;
 #: the rest (callbacks, as_completed, await) wait at most this long, and no
@@ -228,9 +233,11 @@ class EmulatorDevice(Device):
     def can_run(self, task: Task, engine: EngineInfo) -> Refusal | None:
         """None if ``engine`` can take ``task`` now, else why not."""
         op = task.op
-        for obj in (task.src, task.dst):
-            if type(obj) is DeviceBuffer and obj.device != self.label:
-                return Refusal("unsupported", f"its data lives in {obj.device} memory")
+        src, dst = task.src, task.dst
+        if type(src) is DeviceBuffer or type(dst) is DeviceBuffer:
+            for obj in (src, dst):
+                if type(obj) is DeviceBuffer and obj.device != self.label:
+                    return Refusal("unsupported", f"its data lives in {obj.device} memory")
         if op not in OPS:
             return Refusal("unsupported", f"unknown op {op!r}")
         out = task.dst_size if task.dst is None else _nbytes(task.dst)
@@ -465,11 +472,13 @@ class EmulatorDevice(Device):
                 except BaseException as exc:  # a converter bug must still finish the future
                     self._fail(rec, placement, exc)
                     return
-            out_bytes = ct.result if task.op in _NEEDS_DST else _out_bytes(task, value)
-            if rec.crosses:
-                self._pcie_bytes[rec.engine.name] += out_bytes
-            if task.op != "python" and task.nbytes:
-                self.model.observe(rec.engine.name, task.op, bytes_in=task.nbytes, bytes_out=out_bytes)
+            learns = task.op in _LEARNED_RATIOS and task.nbytes
+            if rec.crosses or learns:
+                out_bytes = ct.result if task.op in _NEEDS_DST else _out_bytes(task, value)
+                if rec.crosses:
+                    self._pcie_bytes[rec.engine.name] += out_bytes
+                if learns:
+                    self.model.observe(rec.engine.name, task.op, bytes_in=task.nbytes, bytes_out=out_bytes)
             placement.status = "ok"
             if published:
                 future.set_result(value)
