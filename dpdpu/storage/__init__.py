@@ -9,16 +9,21 @@
 """
 
 from .bdev import BlockDevice, IOFuture, IOTiming, StorageModel, aligned_buffer
+from .dataset import Dataset, ScanResult, open_dataset, write_dataset
 from .fs import FileFuture, FileService, FileStat, split_path
 
 __all__ = [
     "BlockDevice",
+    "Dataset",
     "FileFuture",
     "FileService",
     "FileStat",
     "IOFuture",
     "IOTiming",
+    "ScanResult",
     "StorageModel",
     "aligned_buffer",
+    "open_dataset",
     "split_path",
+    "write_dataset",
 ]

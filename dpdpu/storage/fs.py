@@ -976,8 +976,9 @@ class FileService:
                     batch.futures.append(
                         self.bdev._io_raw(lib.DPDPU_BDEV_IO_READ, dev_off, bounce, sub_count * bs, keep)
                     )
+                    # The callback holds the bounce buffer: the I/O lets go of it when it completes.
                     batch.after.append(
-                        functools.partial(segs.copy_in, lo - offset, bounce + (lo - sub_fb * bs), hi - lo)
+                        functools.partial(_copy_in_kept, segs, lo - offset, bounce + (lo - sub_fb * bs), hi - lo, keep)
                     )
             batch.wait()
         with self._meta_lock:
@@ -1227,3 +1228,9 @@ def _split(
         while b < stop and not alone(b):
             b += 1
         yield run, b - run, False
+
+
+def _copy_in_kept(segs: _Segments, at: int, src: Any, nbytes: int, keep: Any) -> None:
+    """``segs.copy_in`` while ``keep`` (the owner of ``src``) is still referenced."""
+    segs.copy_in(at, src, nbytes)
+    del keep
