@@ -10,16 +10,34 @@
 
 from .bdev import BlockDevice, IOFuture, IOTiming, StorageModel, aligned_buffer
 from .dataset import Dataset, ScanResult, open_dataset, write_dataset
+from .dds import (
+    CacheEntry,
+    CacheMissError,
+    CacheTable,
+    DdsBackEnd,
+    DdsFrontEnd,
+    DdsRequest,
+    DdsStats,
+    RemoteRequestError,
+)
 from .fs import FileFuture, FileService, FileStat, split_path
 
 __all__ = [
     "BlockDevice",
+    "CacheEntry",
+    "CacheMissError",
+    "CacheTable",
     "Dataset",
+    "DdsBackEnd",
+    "DdsFrontEnd",
+    "DdsRequest",
+    "DdsStats",
     "FileFuture",
     "FileService",
     "FileStat",
     "IOFuture",
     "IOTiming",
+    "RemoteRequestError",
     "ScanResult",
     "StorageModel",
     "aligned_buffer",

@@ -1,0 +1,624 @@
+"""A DDS-style offloaded read path: a cache table on the DPU and a front end on the host.
+
+* :class:`CacheTable` — a fixed-capacity concurrent hash table in C
+  (``csrc/cache_table.c``) mapping a key of up to 64 bytes to where its value
+  lives: a version, a file, an offset and a size.
+* :class:`DdsBackEnd` — runs on "the DPU" (a thread of this process in the
+  emulator).  It takes batches of requests from a :class:`ChannelPair`; the
+  *offload predicate* decides, request by request, whether the DPU serves it;
+  the *offload function* maps a served request to ``(file, offset, nbytes)``
+  (by default a cache-table lookup), which the back end reads from the
+  :class:`FileService`.  Everything else goes to the *host handler*, whose
+  answer goes back through the same channel.
+* :class:`DdsFrontEnd` — the host's client: :meth:`~DdsFrontEnd.get` and the
+  batched :meth:`~DdsFrontEnd.get_many`.
+
+A request whose key the offload function does not find (it returns None) is a
+miss and is forwarded to the host handler; without a host handler it fails
+with :class:`CacheMissError`.  A predicate, offload function or host handler
+that raises fails only its own request: the front end raises the same
+``dpdpu.errors`` class when the error was one, else :class:`RemoteRequestError`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import struct
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import errors
+from ..network.channel import ChannelPair
+from ..runtime.native import error_for, ffi, lib
+from .fs import FileService
+
+__all__ = [
+    "CacheEntry",
+    "CacheMissError",
+    "CacheTable",
+    "DdsBackEnd",
+    "DdsFrontEnd",
+    "DdsRequest",
+    "DdsStats",
+    "RemoteRequestError",
+]
+
+#: Longest key the cache table takes, in bytes.
+KEY_MAX: int = lib.DPDPU_CACHE_KEY_MAX
+
+# Wire records.  Request: id, kind, key length, then the key.
+# Response: id, status, then the value (OK) or "ErrorClass\0message" (ERROR).
+_REQ = struct.Struct("<QBH")
+_RSP = struct.Struct("<QB")
+_KIND_GET = 1
+_ST_DPU = 0
+_ST_HOST = 1
+_ST_ERROR = 2
+
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+
+
+class CacheMissError(errors.DpdpuError, KeyError):
+    """The key is not in the cache table and no host handler takes misses."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return Exception.__str__(self)
+
+
+class RemoteRequestError(errors.DpdpuError, RuntimeError):
+    """A predicate, offload function or host handler raised while serving the request.
+
+    Attributes:
+        remote_type: the name of the exception class raised on the back end.
+    """
+
+    remote_type: str | None = None
+
+
+def _check_key(key: object) -> bytes:
+    if isinstance(key, str):
+        key = key.encode()
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise errors.InvalidArgumentError(f"a key is bytes or str, got {type(key).__name__}")
+    data = bytes(key)
+    if not 0 < len(data) <= KEY_MAX:
+        raise errors.InvalidArgumentError(f"a key has 1 to {KEY_MAX} bytes, got {len(data)}")
+    return data
+
+
+def _check_uint(name: str, value: object, top: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+        raise errors.InvalidArgumentError(f"{name} must be an int within 0..{top}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """Where a cached value lives.
+
+    Attributes:
+        version: the value's version (the table keeps what it is given).
+        file: path of the file in the :class:`FileService`.
+        offset: byte offset of the value in the file.
+        size: bytes of the value.
+    """
+
+    version: int
+    file: str
+    offset: int
+    size: int
+
+
+class CacheTable:
+    """A fixed-capacity concurrent hash table: key (1..64 bytes) -> :class:`CacheEntry`.
+
+    Lookups, inserts and deletes may run from any number of threads at once;
+    the native calls release the GIL and lock only the key's buckets.  File
+    names are interned into a Python-side list so that the native table holds
+    a 32-bit file id.
+
+    Args:
+        capacity: most entries the table holds (1..16 Mi).
+
+    Raises:
+        InvalidArgumentError: a bad capacity.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        _check_uint("capacity", capacity, lib.DPDPU_CACHE_MAX_CAPACITY)
+        if capacity == 0:
+            raise errors.InvalidArgumentError("capacity must be at least 1")
+        out = ffi.new("struct dpdpu_cache **")
+        rc = lib.dpdpu_cache_create(capacity, out)
+        if rc < 0:
+            raise error_for(rc, op="cache_create")
+        self._h = ffi.gc(out[0], lib.dpdpu_cache_free)
+        self._files: list[str] = []
+        self._file_ids: dict[str, int] = {}
+        self._files_lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        """Most entries the table holds."""
+        return int(lib.dpdpu_cache_capacity(self._h))
+
+    @property
+    def files(self) -> list[str]:
+        """The interned file names, indexed by file id (a copy)."""
+        with self._files_lock:
+            return list(self._files)
+
+    def _file_id(self, file: object) -> int:
+        if not isinstance(file, str) or not file:
+            raise errors.InvalidArgumentError(f"a file is a non-empty path string, got {file!r}")
+        with self._files_lock:
+            fid = self._file_ids.get(file)
+            if fid is None:
+                if len(self._files) > _U32:
+                    raise errors.InvalidArgumentError("the table has interned 2**32 file names already")
+                fid = len(self._files)
+                self._files.append(file)
+                self._file_ids[file] = fid
+            return fid
+
+    def put(self, key: bytes | str, version: int, file: str, offset: int, size: int) -> bool:
+        """Insert ``key`` or replace its entry; True if it was new.
+
+        Raises:
+            InvalidArgumentError: a bad key (not 1..64 bytes), file, or number.
+            DeviceFullError: the table holds ``capacity`` entries already.
+        """
+        k = _check_key(key)
+        entry = ffi.new("struct dpdpu_cache_entry *")
+        entry.version = _check_uint("version", version, _U64)
+        entry.offset = _check_uint("offset", offset, _U64)
+        entry.size = _check_uint("size", size, _U32)
+        entry.file = self._file_id(file)
+        rc = lib.dpdpu_cache_put(self._h, k, len(k), entry)
+        if rc == lib.DPDPU_ERR_NO_DEVICE_MEMORY:
+            err = errors.DeviceFullError(
+                f"the cache table is full ({len(self)} of {self.capacity} entries)", op="cache_put", code="FULL"
+            )
+            raise err
+        if rc < 0:
+            raise error_for(rc, op="cache_put")
+        return bool(rc == lib.DPDPU_CACHE_INSERTED)
+
+    def get(self, key: bytes | str) -> CacheEntry | None:
+        """The entry of ``key``, or None if it is absent.
+
+        Raises:
+            InvalidArgumentError: a bad key.
+        """
+        k = _check_key(key)
+        out = ffi.new("struct dpdpu_cache_entry *")
+        rc = lib.dpdpu_cache_get(self._h, k, len(k), out)
+        if rc < 0:
+            raise error_for(rc, op="cache_get")
+        if rc == 0:
+            return None
+        with self._files_lock:
+            file = self._files[out.file]
+        return CacheEntry(version=int(out.version), file=file, offset=int(out.offset), size=int(out.size))
+
+    def delete(self, key: bytes | str) -> bool:
+        """Remove ``key``; True if it was present.
+
+        Raises:
+            InvalidArgumentError: a bad key.
+        """
+        k = _check_key(key)
+        rc = lib.dpdpu_cache_delete(self._h, k, len(k))
+        if rc < 0:
+            raise error_for(rc, op="cache_delete")
+        return bool(rc)
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return int(lib.dpdpu_cache_count(self._h))
+
+    def __repr__(self) -> str:
+        return f"<CacheTable {len(self)}/{self.capacity}>"
+
+
+@dataclass(frozen=True)
+class DdsRequest:
+    """One read request as the back end's predicate, offload function and host handler see it.
+
+    Attributes:
+        id: the front end's request id (unique per front end).
+        key: the key asked for.
+    """
+
+    id: int
+    key: bytes
+
+
+@dataclass(frozen=True)
+class DdsStats:
+    """Counters of a :class:`DdsBackEnd`.
+
+    Attributes:
+        requests: requests received.
+        batches: batches taken from the channel.
+        dpu_served: requests answered from the file service on the DPU.
+        forwarded: requests answered by the host handler (misses included).
+        misses: requests the offload function did not find (forwarded, or failed without a host handler).
+        failed: requests answered with an error.
+        dpu_bytes: value bytes served on the DPU.
+        host_bytes: value bytes the host handler returned.
+    """
+
+    requests: int
+    batches: int
+    dpu_served: int
+    forwarded: int
+    misses: int
+    failed: int
+    dpu_bytes: int
+    host_bytes: int
+
+
+Predicate = Callable[[DdsRequest], bool]
+OffloadFn = Callable[[DdsRequest], "tuple[str, int, int] | None"]
+HostHandler = Callable[[DdsRequest], bytes]
+
+
+def _error_record(rid: int, exc: BaseException, where: str = "") -> bytes:
+    message = exc.detail if isinstance(exc, errors.DpdpuError) else str(exc)
+    if where:
+        message = f"{where} raised {type(exc).__name__}: {message}"
+    text = f"{type(exc).__name__}\0{message}"
+    return _RSP.pack(rid, _ST_ERROR) + text.encode("utf-8", "replace")
+
+
+class DdsBackEnd:
+    """The DPU side: serves batches of read requests arriving on ``pair``.
+
+    Args:
+        pair: the agent side of a :class:`ChannelPair` (requests in, responses out).
+        fs: the file service values are read from.
+        cache: the cache table the default offload function looks keys up in.
+        offload_predicate: ``f(request) -> bool``; True serves the request on
+            the DPU.  Default: every request.  An ``@dpdpu.offload`` function
+            runs as a task on ``runtime`` (one task per request of a batch,
+            all in flight together).
+        offload_function: ``f(request) -> (file, offset, nbytes)`` or None for
+            a miss.  Default: look the key up in ``cache``.  ``@dpdpu.offload``
+            functions run as tasks like the predicate.
+        host_handler: ``f(request) -> bytes`` answering forwarded requests and
+            misses (in the emulator the back end calls it directly, standing in
+            for the hop back to the host).  None: forwarded requests and misses
+            fail with :class:`CacheMissError`.
+        runtime: the runtime ``@offload`` callables run on (default: the
+            current runtime of the thread that calls :meth:`start` or :meth:`serve`).
+        max_batch: most requests taken from the channel at once.
+    """
+
+    def __init__(
+        self,
+        pair: ChannelPair,
+        fs: FileService,
+        cache: CacheTable | None = None,
+        offload_predicate: Predicate | None = None,
+        offload_function: OffloadFn | None = None,
+        host_handler: HostHandler | None = None,
+        *,
+        runtime: Any = None,
+        max_batch: int = 256,
+    ) -> None:
+        if offload_function is None and cache is None:
+            raise errors.InvalidArgumentError("give a cache table or an offload function")
+        for name, fn in (
+            ("offload_predicate", offload_predicate),
+            ("offload_function", offload_function),
+            ("host_handler", host_handler),
+        ):
+            if fn is not None and not callable(fn):
+                raise errors.InvalidArgumentError(f"{name} must be callable, got {type(fn).__name__}")
+        _check_uint("max_batch", max_batch, 1 << 20)
+        if max_batch == 0:
+            raise errors.InvalidArgumentError("max_batch must be at least 1")
+        self.pair = pair
+        self.fs = fs
+        self.cache = cache
+        self._predicate = offload_predicate
+        self._function = offload_function
+        self._host = host_handler
+        self._runtime = runtime
+        self._max_batch = max_batch
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(DdsStats.__dataclass_fields__, 0)
+
+    # --- running ------------------------------------------------------------------
+
+    def start(self) -> DdsBackEnd:
+        """Serve in a background thread until the front end closes its side (see :meth:`join`)."""
+        if self._thread is not None:
+            raise errors.InvalidArgumentError("this back end was started already")
+        if self._runtime is None and self._uses_offload():
+            from ..runtime.runtime import current_runtime
+
+            # The worker thread does not inherit the caller's `with Runtime()` context.
+            self._runtime = current_runtime()
+        self._thread = threading.Thread(target=self.serve, name="dpdpu-dds-backend", daemon=True)
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the background thread to end (it ends when the front end closes)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Close this side of the channel (ending :meth:`serve`) and wait for the thread."""
+        self.pair.close()
+        self.join()
+
+    def __enter__(self) -> DdsBackEnd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def serve(self) -> int:
+        """Serve batches in this thread until the peer closes; returns how many requests were served."""
+        served = 0
+        while True:
+            try:
+                batch = self.pair.recv_many(self._max_batch)
+            except errors.RuntimeClosedError:
+                return served
+            try:
+                responses = self.handle_batch(batch)
+            except errors.RuntimeClosedError:
+                return served
+            served += len(batch)
+            try:
+                self._send(responses)
+            except errors.RuntimeClosedError:
+                return served
+
+    def stats(self) -> DdsStats:
+        """The counters so far."""
+        with self._lock:
+            return DdsStats(**self._counts)
+
+    # --- one batch ----------------------------------------------------------------
+
+    def handle_batch(self, messages: Sequence[bytes]) -> list[bytes]:
+        """The response records of a batch of request records (one each, in order)."""
+        out: list[bytes | None] = [None] * len(messages)
+        requests: list[tuple[int, DdsRequest]] = []
+        for i, msg in enumerate(messages):
+            try:
+                requests.append((i, self._parse(msg)))
+            except errors.DpdpuError as exc:
+                rid = _REQ.unpack_from(msg)[0] if len(msg) >= 8 else 0
+                out[i] = _error_record(rid, exc)
+        self._count(requests=len(messages), batches=1, failed=len(messages) - len(requests))
+
+        on_dpu: list[tuple[int, DdsRequest]] = []
+        to_host: list[tuple[int, DdsRequest]] = []
+        for (i, req), decision in zip(requests, self._map(self._predicate, [r for _, r in requests]), strict=True):
+            if isinstance(decision, BaseException):
+                out[i] = self._fail(req, decision, "offload predicate")
+            elif decision is None or decision:
+                on_dpu.append((i, req))
+            else:
+                to_host.append((i, req))
+
+        reads: list[tuple[int, DdsRequest, concurrent.futures.Future[bytes]]] = []
+        locations = self._map(self._function or self._lookup, [r for _, r in on_dpu])
+        for (i, req), where in zip(on_dpu, locations, strict=True):
+            if isinstance(where, BaseException):
+                out[i] = self._fail(req, where, "offload function")
+                continue
+            if where is None:
+                self._count(misses=1)
+                to_host.append((i, req))
+                continue
+            try:
+                file, offset, nbytes = where
+                reads.append((i, req, self.fs.read(file, offset, nbytes)))
+            except Exception as exc:  # a malformed location fails this request only
+                out[i] = self._fail(req, exc, "offload function")
+
+        # The host handler runs while the DPU's reads are in flight.
+        for i, req in to_host:
+            out[i] = self._forward(req)
+        for i, req, future in reads:
+            try:
+                data = future.result()
+            except Exception as exc:
+                out[i] = self._fail(req, exc, "read")
+                continue
+            self._count(dpu_served=1, dpu_bytes=len(data))
+            out[i] = _RSP.pack(req.id, _ST_DPU) + data
+        return [r if r is not None else b"" for r in out]
+
+    def _parse(self, msg: bytes) -> DdsRequest:
+        if len(msg) < _REQ.size:
+            raise errors.CorruptDataError(f"a {len(msg)}-byte request record is too short")
+        rid, kind, klen = _REQ.unpack_from(msg)
+        if kind != _KIND_GET:
+            raise errors.InvalidArgumentError(f"unknown request kind {kind}")
+        if len(msg) != _REQ.size + klen:
+            raise errors.CorruptDataError("a request record's key length does not match its size")
+        return DdsRequest(rid, bytes(msg[_REQ.size :]))
+
+    def _lookup(self, req: DdsRequest) -> tuple[str, int, int] | None:
+        assert self.cache is not None
+        entry = self.cache.get(req.key)
+        return None if entry is None else (entry.file, entry.offset, entry.size)
+
+    def _uses_offload(self) -> bool:
+        return any(hasattr(fn, "__dpdpu_offload__") for fn in (self._predicate, self._function))
+
+    def _map(self, fn: Callable[[DdsRequest], Any] | None, reqs: list[DdsRequest]) -> list[Any]:
+        """``fn`` of each request, or the exception it raised; ``@offload`` functions as concurrent tasks."""
+        if fn is None:
+            return [None] * len(reqs)
+        results: list[Any] = []
+        if hasattr(fn, "__dpdpu_offload__"):
+            runtime = self._runtime
+            if runtime is None:
+                from ..runtime.runtime import current_runtime
+
+                runtime = current_runtime()
+            futures: list[Any] = []
+            for req in reqs:
+                try:
+                    futures.append(runtime.submit(fn, req))
+                except Exception as exc:
+                    futures.append(exc)
+            for fut in futures:
+                if isinstance(fut, BaseException):
+                    results.append(fut)
+                    continue
+                try:
+                    results.append(fut.result())
+                except Exception as exc:
+                    results.append(exc)
+            return results
+        for req in reqs:
+            try:
+                results.append(fn(req))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _forward(self, req: DdsRequest) -> bytes:
+        if self._host is None:
+            return self._fail(req, CacheMissError(f"key {req.key!r} is not cached and no host handler is set"), "")
+        try:
+            data = self._host(req)
+            payload = bytes(data)
+        except Exception as exc:
+            return self._fail(req, exc, "host handler")
+        self._count(forwarded=1, host_bytes=len(payload))
+        return _RSP.pack(req.id, _ST_HOST) + payload
+
+    def _fail(self, req: DdsRequest, exc: BaseException, where: str) -> bytes:
+        self._count(failed=1)
+        return _error_record(req.id, exc, where)
+
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                self._counts[name] += delta
+
+    def _send(self, responses: list[bytes]) -> None:
+        limit = self.pair.tx.max_message
+        small: list[bytes] = []
+        for rsp in responses:
+            if len(rsp) > limit:
+                # Large values go in bulk mode; keep the order of the batch around them.
+                if small:
+                    self.pair.send_many(small)
+                    small = []
+                self.pair.send_bulk(rsp)
+            else:
+                small.append(rsp)
+        if small:
+            self.pair.send_many(small)
+
+
+class DdsFrontEnd:
+    """The host side: sends read requests to a :class:`DdsBackEnd` and collects the values.
+
+    Args:
+        pair: the host side of a :class:`ChannelPair`.
+        timeout: seconds to wait for each response (None: no limit).
+
+    One front end is meant for one thread at a time; calls are serialized.
+    """
+
+    def __init__(self, pair: ChannelPair, *, timeout: float | None = 30.0) -> None:
+        self.pair = pair
+        self.timeout = timeout
+        self._next_id = 1
+        self._lock = threading.Lock()
+        self._sources = {"dpu": 0, "host": 0}
+
+    def get(self, key: bytes | str) -> bytes:
+        """The value of ``key``.
+
+        Raises:
+            InvalidArgumentError: a bad key.
+            CacheMissError: not cached and the back end has no host handler.
+            RemoteRequestError: the back end's predicate, offload function or host handler raised.
+            StorageError: reading the file failed (the same subclass as on the back end).
+            QueueFullError: no response within ``timeout``.
+        """
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: Sequence[bytes | str]) -> list[bytes]:
+        """The values of ``keys`` in order, sent as one batch.
+
+        Raises:
+            The first failed request's error, as :meth:`get` (the others are still collected).
+        """
+        records = []
+        for key in keys:
+            k = _check_key(key)
+            records.append(k)
+        with self._lock:
+            first = self._next_id
+            self._next_id += len(records)
+            if records:
+                self.pair.send_many(
+                    [_REQ.pack(first + n, _KIND_GET, len(k)) + k for n, k in enumerate(records)], self.timeout
+                )
+            results: dict[int, bytes | BaseException] = {}
+            while len(results) < len(records):
+                for msg in self.pair.recv_many(len(records) - len(results), self.timeout):
+                    rid, status = _RSP.unpack_from(msg)
+                    if not first <= rid < first + len(records):
+                        continue  # the answer to a request an earlier call gave up on
+                    body = msg[_RSP.size :]
+                    if status == _ST_ERROR:
+                        results[rid] = _rebuild_error(body)
+                    else:
+                        self._sources["dpu" if status == _ST_DPU else "host"] += 1
+                        results[rid] = body
+        values: list[bytes] = []
+        for n in range(len(records)):
+            value = results[first + n]
+            if isinstance(value, BaseException):
+                raise value
+            values.append(value)
+        return values
+
+    @property
+    def served(self) -> dict[str, int]:
+        """Values this front end received, by who served them: ``{"dpu": n, "host": m}``."""
+        return dict(self._sources)
+
+    def close(self) -> None:
+        """Close the host side; the back end's :meth:`DdsBackEnd.serve` then returns."""
+        self.pair.close()
+
+    def __enter__(self) -> DdsFrontEnd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _rebuild_error(body: bytes) -> BaseException:
+    name, _, message = body.decode("utf-8", "replace").partition("\0")
+    if name == "CacheMissError":
+        return CacheMissError(message, op="dds_get", code="MISS")
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, errors.DpdpuError) and cls is not errors.DpdpuError:
+        return cls(message, op="dds_get")
+    err = RemoteRequestError(message, op="dds_get")
+    err.remote_type = name
+    return err
