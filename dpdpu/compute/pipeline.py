@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from .. import errors
-from ..runtime.device import Device, EngineInfo, Task
+from ..runtime.device import Device, EngineInfo, Task, payload_nbytes
 from ..runtime.placement import _ms, _size
 from ..runtime.runtime import Runtime, current_runtime
 
@@ -123,18 +123,6 @@ class PipelineRun:
         )
 
 
-def _nbytes(value: Any) -> int:
-    nbytes = getattr(value, "nbytes", None)
-    if isinstance(nbytes, int):
-        return nbytes
-    if isinstance(value, list):
-        return sum(_nbytes(v) for v in value)
-    try:
-        return memoryview(value).nbytes
-    except TypeError:
-        return 0
-
-
 def _as_table(value: Any) -> Any:
     if isinstance(value, (pa.Table, pa.RecordBatch)):
         return value
@@ -220,7 +208,7 @@ class Pipeline:
         if not self.steps:
             raise errors.InvalidArgumentError("the pipeline has no steps")
         rt = runtime or current_runtime()
-        size = _nbytes(data)
+        size = payload_nbytes(data)
         engines = [(dev, info) for dev in rt.devices for info in dev.engines]
         sizes = [size]
         options: list[list[tuple[Device, EngineInfo]]] = []
@@ -275,7 +263,7 @@ class Pipeline:
                 keep = i + 1 < len(sides) and sides[i] == sides[i + 1] == "device"
                 with rt.pinned(engine), rt.data_on(resident, keep_output=keep):
                     value = functions[step.name](value, **step.kwargs)
-                step_bytes.append(_nbytes(value))
+                step_bytes.append(payload_nbytes(value))
         return PipelineRun(
             value=value,
             plan=plan,

@@ -57,6 +57,20 @@ def data_location() -> DataLocation:
     return DATA_LOCATION.get() or _HOST_DATA
 
 
+def payload_nbytes(value: Any) -> int:
+    """Bytes of a task's data: Arrow tables, arrays and batches, numpy arrays,
+    device buffers, any buffer-protocol object, or a list of these (0 if none)."""
+    nbytes = getattr(value, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(value, list | tuple):
+        return sum(payload_nbytes(v) for v in value)
+    try:
+        return memoryview(value).nbytes
+    except TypeError:
+        return 0
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     """One engine of a device as the scheduler sees it."""

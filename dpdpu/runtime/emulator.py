@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import errors
 from .cost import PYTHON_PRIOR_S, Timeline
-from .device import Device, DeviceBuffer, EngineInfo, EngineStats, Refusal, Task, data_location
+from .device import Device, DeviceBuffer, EngineInfo, EngineStats, Refusal, Task, data_location, payload_nbytes
 from .future import TaskFuture
 from .model import DEFAULT_COALESCING, Coalescing, DeviceModel
 from .native import (
@@ -85,17 +85,6 @@ class _Record:
         self.value: Any = None
         self.exc: BaseException | None = None
         self.py_wall = 0.0
-
-
-def _nbytes(obj: Any) -> int:
-    if obj is None:
-        return 0
-    if isinstance(obj, DeviceBuffer):
-        return obj.nbytes
-    try:
-        return memoryview(obj).nbytes
-    except TypeError:
-        return 0
 
 
 class EmulatorDevice(Device):
@@ -225,9 +214,9 @@ class EmulatorDevice(Device):
     # --- scheduling interface -----------------------------------------------
 
     def _footprint(self, task: Task) -> int:
-        total = 0 if isinstance(task.src, DeviceBuffer) else _nbytes(task.src)
+        total = 0 if isinstance(task.src, DeviceBuffer) else payload_nbytes(task.src)
         if task.op in _NEEDS_DST and not isinstance(task.dst, DeviceBuffer):
-            total += _nbytes(task.dst) if task.dst is not None else task.dst_size
+            total += payload_nbytes(task.dst) if task.dst is not None else task.dst_size
         return total
 
     def can_run(self, task: Task, engine: EngineInfo) -> Refusal | None:
@@ -240,7 +229,7 @@ class EmulatorDevice(Device):
                     return Refusal("unsupported", f"its data lives in {obj.device} memory")
         if op not in OPS:
             return Refusal("unsupported", f"unknown op {op!r}")
-        out = task.dst_size if task.dst is None else _nbytes(task.dst)
+        out = task.dst_size if task.dst is None else payload_nbytes(task.dst)
         refusal = self.model.refusal(op, task.nbytes, engine, out)
         if refusal is not None:
             return refusal
@@ -269,7 +258,7 @@ class EmulatorDevice(Device):
             return 0, 0
         where = data_location()
         if task.op == "python":
-            src = sum(_nbytes(a) for a in (*task.args, *(task.kwargs or {}).values()))
+            src = sum(payload_nbytes(a) for a in (*task.args, *(task.kwargs or {}).values()))
         else:
             src = 0 if isinstance(task.src, DeviceBuffer) else task.nbytes
         if _keeps_output(task, self.label):
@@ -576,13 +565,11 @@ def _keeps_output(task: Task, device: str) -> bool:
 
 def _out_bytes(task: Task, value: Any) -> int:
     """Bytes of a task's result (what crosses back over PCIe)."""
-    if task.op in CALLBACK_OPS and task.op != "python":
-        return _nbytes(value)
-    nbytes = getattr(value, "nbytes", None)  # Arrow arrays, tables and batches
-    if isinstance(nbytes, int):
-        return nbytes
-    if isinstance(value, list | tuple) and value and all(isinstance(getattr(v, "nbytes", None), int) for v in value):
-        return sum(v.nbytes for v in value)
+    # Codec results are bytes; kernel results are Arrow data (or lists of it); the
+    # rest (checksums, Python values) are sized by the task's hint.
+    sized = task.op in CALLBACK_OPS and task.op != "python"
+    if sized or hasattr(value, "nbytes") or (isinstance(value, list | tuple) and value):
+        return payload_nbytes(value)
     return task.out_hint
 
 

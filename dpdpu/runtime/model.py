@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from .cost import ZLIB_LEVEL_SPEED, CostModel, EngineClock, Timeline
+from .cost import CostModel, EngineClock, Timeline
 from .device import EngineInfo, Refusal
 from .placement import _size
 from .profile import Profile
@@ -95,16 +95,6 @@ class DeviceModel:
         self.dma_out_clock = EngineClock(1) if self.dma_clock is not None else None
         #: engines whose work makes host-resident data cross PCIe
         self.crossing = {e.name: e.on_device and e.kind != "dma" and profile.pcie is not None for e in self.engines}
-        # (engine, op) -> (fixed s, s per byte, zlib level matters): the cost model, flattened
-        self._op_cost: dict[tuple[str, str], tuple[float, float, bool]] = {}
-        for e in profile.engines:
-            for op in e.ops:
-                cost = e.costs.get(op)
-                if cost is None:
-                    self._op_cost[e.name, op] = (float(e.dispatch.value), 0.0, False)
-                else:
-                    level_matters = op == "deflate_compress" and e.kind in ("arm", "host")
-                    self._op_cost[e.name, op] = (cost.fixed_s, cost.per_byte_s, level_matters)
         self._factor: dict[tuple[str, str], float] = {}
         self._out_ratio: dict[str, float] = {}
         self._batches: dict[str, _Batch] = {}
@@ -133,20 +123,15 @@ class DeviceModel:
 
     def fixed_seconds(self, engine: str, op: str) -> float:
         """The per-task part of an op's cost on an engine."""
-        return self._op_cost[engine, op][0]
+        eprof = self._eprof[engine]
+        cost = eprof.costs.get(op)
+        return float(eprof.dispatch.value) if cost is None else cost.fixed_s
 
     def exec_seconds(
         self, engine: str, op: str, nbytes: int, *, level: int | None = None, host_seconds: float | None = None
     ) -> float:
         """Modeled time one lane of ``engine`` spends on the job, with the learned correction."""
-        if op == "python":
-            seconds = self.cost.exec_seconds(self._eprof[engine], "python", 0, host_seconds=host_seconds)
-        else:
-            fixed, per_byte, level_matters = self._op_cost[engine, op]
-            variable = nbytes * per_byte
-            if level_matters:
-                variable /= ZLIB_LEVEL_SPEED.get(6 if level is None or level < 0 else level, 1.0)
-            seconds = fixed + variable
+        seconds = self.cost.exec_seconds(self._eprof[engine], op, nbytes, level=level, host_seconds=host_seconds)
         return seconds * self._factor.get((engine, op), 1.0)
 
     def out_ratio(self, op: str) -> float:
