@@ -360,5 +360,8 @@ def _fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+# Commands that live next to the engine they drive register here, one line each.
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
