@@ -12,8 +12,9 @@ file) and the columns ``id``, ``price``:
   filters and projects with the dpdpu kernels on the runtime, and returns
   only the result.
 
-``extra_info`` records the bytes each side moves to the host; the pushdown
-asserts that what it returns is at most (selectivity + 5%) of the file.
+``extra_info`` records the bytes each side moves to the host and the modeled
+time of both sides on BlueField-2 and BlueField-3 (:func:`dpdpu.storage.model_scan`);
+the pushdown asserts that what it returns is at most (selectivity + 5%) of the file.
 Run: ``pytest benchmarks/test_bench_pushdown.py`` (``DPDPU_BENCH_ROWS`` sizes
 the table).
 """
@@ -110,6 +111,21 @@ def test_pushdown_scan(benchmark: Any, stored: tuple[FileService, Dataset], runt
         row_groups_skipped=f"{result.row_groups_skipped}/{result.row_groups}",
         runtime_pcie_bytes=pcie,
     )
+    for device in ("bluefield2", "bluefield3"):
+        m = result.model(device)
+        benchmark.extra_info[f"modeled_{device}"] = {
+            "pushdown_s": m.pushdown_s,
+            "read_all_s": m.read_all_s,
+            "speedup": round(m.speedup, 2),
+            "host_cpu_s_saved": m.host_cpu_s,
+        }
+        print(
+            f"modeled on {device}: pushdown {m.pushdown_s * 1e3:.2f} ms "
+            f"(storage {m.pushdown_storage_s * 1e3:.2f}, Arm {m.pushdown_compute_s * 1e3:.2f}, "
+            f"PCIe {m.pushdown_pcie_s * 1e3:.2f}) vs read-all {m.read_all_s * 1e3:.2f} ms "
+            f"(storage {m.read_all_storage_s * 1e3:.2f}, PCIe {m.read_all_pcie_s * 1e3:.2f}, "
+            f"host {m.read_all_host_s * 1e3:.2f}): {m.speedup:.2f}x"
+        )
     print(
         f"\npushdown {query}: returned {result.bytes_returned} B of a {baseline_bytes} B file "
         f"({ratio:.1%}, selectivity {selectivity:.1%}); read {result.bytes_read} B from storage "

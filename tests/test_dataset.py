@@ -270,3 +270,23 @@ def test_damaged_ipc_offsets_are_caught(fs: FileService) -> None:
     _put(fs, "t", bytes(raw))
     with pytest.raises(errors.CorruptDataError):
         open_dataset(fs, "t").scan("s == 'h'")
+
+
+def test_modeled_pushdown_against_read_all(fs: FileService) -> None:
+    table = _table(20000)
+    ds = write_dataset(fs, "t.parquet", table, format="parquet", row_group_rows=1000)
+    r = ds.scan("id >= 1500 and id < 2500", ["id", "price"])
+    assert 0 < r.bytes_read < r.file_bytes == ds.nbytes
+    assert r.bytes_scanned > 0 and r.dataset_bytes >= table.nbytes // 2
+    for device in ("bluefield2", "bluefield3"):
+        m = r.model(device)
+        assert m.device == device
+        assert m.pcie_bytes_pushdown == r.bytes_returned < m.pcie_bytes_read_all == ds.nbytes
+        assert m.pushdown_storage_s < m.read_all_storage_s  # 2 of 20 row groups read
+        assert m.pushdown_s == pytest.approx(m.pushdown_storage_s + m.pushdown_compute_s + m.pushdown_pcie_s)
+        assert m.speedup > 1 and m.host_cpu_s > 0
+        assert m.as_dict()["speedup"] == m.speedup
+    # eMMC-class storage makes BlueField-2's reads slower than BlueField-3's NVMe-class ones.
+    assert r.model("bluefield2").pushdown_storage_s > r.model("bluefield3").pushdown_storage_s
+    with pytest.raises(errors.InvalidArgumentError, match="no device engine"):
+        r.model("host")

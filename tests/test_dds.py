@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,10 +146,12 @@ def store(fs: FileService) -> tuple[FileService, CacheTable, dict[bytes, bytes]]
     return fs, table, values
 
 
-def _link(backend_args: dict[str, object], fs: FileService, table: CacheTable) -> tuple[DdsFrontEnd, DdsBackEnd]:
+def _link(
+    backend_args: dict[str, object], fs: FileService, table: CacheTable, host_handler: object = None
+) -> tuple[DdsFrontEnd, DdsBackEnd]:
     host, agent = ChannelPair.local(1 << 16)
     backend = DdsBackEnd(agent, fs, table, **backend_args).start()  # type: ignore[arg-type]
-    return DdsFrontEnd(host, timeout=10), backend
+    return DdsFrontEnd(host, host_handler=host_handler, timeout=10), backend  # type: ignore[arg-type]
 
 
 def test_end_to_end_split(store: tuple[FileService, CacheTable, dict[bytes, bytes]]) -> None:
@@ -161,7 +165,7 @@ def test_end_to_end_split(store: tuple[FileService, CacheTable, dict[bytes, byte
     def host(req: DdsRequest) -> bytes:
         return b"host:" + req.key
 
-    front, back = _link({"offload_predicate": even, "host_handler": host}, fs, table)
+    front, back = _link({"offload_predicate": even}, fs, table, host)
     with front:
         got = front.get_many([*keys, b"unknown"])
         assert front.get(b"key4") == values[b"key4"]
@@ -173,7 +177,6 @@ def test_end_to_end_split(store: tuple[FileService, CacheTable, dict[bytes, byte
     assert stats.requests == 13 and stats.dpu_served == 6 and stats.forwarded == 7 and stats.misses == 1
     assert stats.failed == 0
     assert stats.dpu_bytes == sum(len(values[k]) for k in keys if int(k[3:]) % 2 == 0) + len(values[b"key4"])
-    assert stats.host_bytes == sum(len(b"host:" + k) for k in keys if int(k[3:]) % 2) + len(b"host:unknown") + 9
     assert front.served == {"dpu": 6, "host": 7}
 
 
@@ -196,7 +199,8 @@ def test_large_values_and_offload_predicate(fs: FileService) -> None:
             with pytest.raises(CacheMissError, match="not cached"):
                 front.get(b"nope")
     back.join(5)
-    assert back.stats().dpu_served == 3 and back.stats().failed == 1
+    # a miss is forwarded to the host, which has no handler here: the front end raises
+    assert back.stats().dpu_served == 3 and back.stats().misses == 1 and back.stats().failed == 0
 
 
 def test_failures_are_per_request(store: tuple[FileService, CacheTable, dict[bytes, bytes]]) -> None:
@@ -217,7 +221,7 @@ def test_failures_are_per_request(store: tuple[FileService, CacheTable, dict[byt
         entry = table.get(req.key)
         return None if entry is None else (entry.file, entry.offset, entry.size)
 
-    front, back = _link({"offload_predicate": predicate, "offload_function": function, "host_handler": host}, fs, table)
+    front, back = _link({"offload_predicate": predicate, "offload_function": function}, fs, table, host)
     with front:
         with pytest.raises(RemoteRequestError, match="offload predicate raised ValueError: cannot decide") as info:
             front.get_many([b"key0", b"key1"])
@@ -232,7 +236,8 @@ def test_failures_are_per_request(store: tuple[FileService, CacheTable, dict[byt
         assert front.get_many([b"key0", b"key4"]) == [values[b"key0"], values[b"key4"]]
     back.join(5)
     stats = back.stats()
-    assert stats.failed == 4 and stats.dpu_served == 3 and stats.requests == 7
+    # the host handler's failure happens on the host, not in the back end
+    assert stats.failed == 3 and stats.forwarded == 1 and stats.dpu_served == 3 and stats.requests == 7
 
 
 def test_backend_arguments(fs: FileService) -> None:
@@ -244,3 +249,96 @@ def test_backend_arguments(fs: FileService) -> None:
             DdsBackEnd(agent, fs, CacheTable(1), offload_predicate=5)  # type: ignore[arg-type]
         with pytest.raises(errors.InvalidArgumentError):
             DdsFrontEnd(host).get(b"")
+        with pytest.raises(errors.InvalidArgumentError):
+            DdsFrontEnd(host, host_handler=3)  # type: ignore[arg-type]
+
+
+# --- the back end in its own process -------------------------------------------------------------
+
+
+def _filled_service(path: Path) -> dict[bytes, tuple[str, int, bytes]]:
+    """A closed file service holding values; key -> (file, offset, value)."""
+    where: dict[bytes, tuple[str, int, bytes]] = {}
+    big = bytes(range(256)) * 1024  # 256 KiB: goes back in bulk mode
+    with FileService(path, capacity=1024 * BS) as fs:
+        blob = bytearray()
+        for i in range(20):
+            value = bytes([i + 1]) * (50 + 97 * i)
+            where[f"k{i}".encode()] = ("vals", len(blob), value)
+            blob += value
+        fs.create("vals")
+        fs.write("vals", 0, bytes(blob)).result()
+        fs.create("big")
+        fs.write("big", 0, big).result()
+        where[b"big"] = ("big", 0, big)
+        fs.flush().result()
+    return where
+
+
+def test_back_end_process_serves_forwards_and_updates_its_cache(tmp_path: Path) -> None:
+    from dpdpu.storage.dds_process import DdsProcess
+
+    where = _filled_service(tmp_path / "svc")
+    host_calls: list[bytes] = []
+
+    def host(req: DdsRequest) -> bytes:
+        host_calls.append(req.key)
+        return b"host:" + req.key
+
+    # the predicate sends keys ending in 7 to the host; it is imported in the back end process
+    with DdsProcess.spawn(tmp_path / "svc", predicate="dds_offloads:not_sevens", device="bluefield2") as back:
+        assert back.pid != os.getpid()
+        with back.front_end(host_handler=host, timeout=30) as front:
+            for key, (file, offset, value) in where.items():
+                assert front.cache_put(key, 1, file, offset, len(value)) is True
+            assert front.cache_put(b"k1", 2, "vals", *where[b"k1"][1:2], len(where[b"k1"][2])) is False
+            keys = [*where, b"uncached"]
+            got = front.get_many(keys)
+            for key, value in zip(keys, got, strict=True):
+                expected = b"host:" + key if key.endswith(b"7") or key == b"uncached" else where[key][2]
+                assert value == expected, key
+            assert sorted(host_calls) == [b"k17", b"k7", b"uncached"]
+            assert front.served == {"dpu": 19, "host": 3}
+            # deleting from the back end's table turns the key into a miss, answered by the host
+            assert front.cache_delete(b"k3") is True and front.cache_delete(b"k3") is False
+            assert front.get(b"k3") == b"host:k3"
+            with pytest.raises(errors.InvalidArgumentError):
+                front.cache_put(b"x", -1, "vals", 0, 1)
+            stats = front.backend_stats()
+            assert stats.dpu_served == 19 and stats.forwarded == 4 and stats.misses == 2 and stats.failed == 0
+            assert stats.control >= len(where) + 3
+        assert back.close() == 0
+
+
+def test_back_end_process_errors(tmp_path: Path) -> None:
+    from dpdpu.storage.dds_process import BackEndStartError, DdsProcess
+
+    _filled_service(tmp_path / "svc")
+    with pytest.raises(BackEndStartError, match="No module named"):
+        DdsProcess.spawn(tmp_path / "svc", predicate="no_such_module_here:f")
+    with pytest.raises(BackEndStartError, match="exited"):
+        DdsProcess.spawn(tmp_path / "none")  # no file service there
+    with pytest.raises(errors.InvalidArgumentError):
+        DdsProcess.spawn(tmp_path / "svc", function="not a spec")
+
+
+def test_back_end_process_dies_mid_stream(tmp_path: Path) -> None:
+    from dpdpu.storage.dds_process import DdsProcess
+
+    where = _filled_service(tmp_path / "svc")
+    back = DdsProcess.spawn(tmp_path / "svc")
+    try:
+        front = back.front_end(timeout=10)
+        file, offset, value = where[b"big"]
+        front.cache_put(b"big", 1, file, offset, len(value))
+        assert front.get(b"big") == value
+        os.kill(back.pid, signal.SIGKILL)
+        back.process.wait(10)
+        with pytest.raises((errors.RuntimeClosedError, errors.QueueFullError)):
+            for _ in range(1000):
+                front.get(b"big")
+    finally:
+        back.close()
+    # acknowledged data is intact: the service opens again and serves it
+    with FileService(tmp_path / "svc", create=False) as fs:
+        assert fs.read("big", 0, len(value)).result() == value

@@ -21,6 +21,7 @@ from .dds import (
     RemoteRequestError,
 )
 from .fs import FileFuture, FileService, FileStat, split_path
+from .scan_model import ScanModel, model_scan
 
 __all__ = [
     "BlockDevice",
@@ -38,9 +39,11 @@ __all__ = [
     "IOFuture",
     "IOTiming",
     "RemoteRequestError",
+    "ScanModel",
     "ScanResult",
     "StorageModel",
     "aligned_buffer",
+    "model_scan",
     "open_dataset",
     "split_path",
     "write_dataset",

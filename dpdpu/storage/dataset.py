@@ -32,7 +32,7 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -45,8 +45,12 @@ from ..compute.expr import bind_predicate
 from ..compute.expr import columns as expr_columns
 from ..compute.kernels import filter as dpdpu_filter
 from ..compute.kernels import project as dpdpu_project
+from ..runtime.profile import Profile
 from ..runtime.runtime import Runtime, current_runtime
 from .fs import FileService, split_path
+
+if TYPE_CHECKING:
+    from .scan_model import ScanModel
 
 __all__ = ["Dataset", "DatasetFormat", "ScanResult", "open_dataset", "write_dataset"]
 
@@ -164,6 +168,11 @@ class ScanResult:
         reads: storage reads issued.
         modeled_s: modeled storage time of those reads, summed as if issued
             one after the other (compute time is in the runtime's stats).
+        bytes_scanned: in-memory bytes of the column chunks the kernels
+            filtered (decoded, so usually more than ``bytes_read``).
+        file_bytes: size of the dataset's file.
+        dataset_bytes: in-memory size of every column of every row group:
+            what reading the whole dataset to the host decodes.
     """
 
     table: pa.Table
@@ -173,6 +182,18 @@ class ScanResult:
     row_groups_skipped: int
     reads: int
     modeled_s: float
+    bytes_scanned: int = 0
+    file_bytes: int = 0
+    dataset_bytes: int = 0
+
+    def model(self, device: str | Profile = "bluefield3", host: str | Profile = "host") -> ScanModel:
+        """Modeled time of this scan on ``device`` against reading everything to the host.
+
+        See :func:`dpdpu.storage.scan_model.model_scan`.
+        """
+        from .scan_model import model_scan
+
+        return model_scan(self, device, host)
 
 
 class Dataset:
@@ -218,6 +239,14 @@ class Dataset:
     def num_rows(self) -> int:
         """Rows in the dataset."""
         return sum(self.row_group_rows)
+
+    @property
+    def dataset_bytes(self) -> int:
+        """In-memory size of the whole dataset (Parquet: uncompressed row-group sizes; IPC: the file)."""
+        if self.format == "parquet":
+            meta = self._parquet_metadata
+            return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        return self.nbytes
 
     @property
     def num_row_groups(self) -> int:
@@ -273,12 +302,14 @@ class Dataset:
         source = _RangeFile(self.fs, self.name, size)
         parts: list[pa.Table] = []
         skipped = 0
+        scanned = 0
         try:
             for piece in self._pieces(source, read_cols, tree):
                 if piece is None:
                     skipped += 1
                     continue
                 table = pa.Table.from_batches([piece]) if isinstance(piece, pa.RecordBatch) else piece
+                scanned += table.nbytes
                 if tree is not None:
                     table = dpdpu_filter(table, tree, runtime=rt)
                 if table.num_rows:
@@ -296,6 +327,9 @@ class Dataset:
             row_groups_skipped=skipped,
             reads=source.reads,
             modeled_s=source.modeled_s,
+            bytes_scanned=scanned,
+            file_bytes=self.nbytes,
+            dataset_bytes=self.dataset_bytes,
         )
 
     def _output_columns(self, columns: Sequence[str] | None) -> list[str]:
@@ -316,7 +350,7 @@ class Dataset:
             meta = self._parquet_metadata
             # The footer was parsed at open; passing it keeps pyarrow from reading it again.
             reader = pq.ParquetFile(
-                pa.PythonFile(source, mode="r"), metadata=meta, pre_buffer=False, page_checksum_verification=True
+                pa.PythonFile(source, mode="r"), metadata=meta, pre_buffer=True, page_checksum_verification=True
             )
             for i in range(meta.num_row_groups):
                 if tree is not None and not _may_match(tree, self._stats(i)):

@@ -3,26 +3,31 @@
 * :class:`CacheTable` — a fixed-capacity concurrent hash table in C
   (``csrc/cache_table.c``) mapping a key of up to 64 bytes to where its value
   lives: a version, a file, an offset and a size.
-* :class:`DdsBackEnd` — runs on "the DPU" (a thread of this process in the
-  emulator).  It takes batches of requests from a :class:`ChannelPair`; the
-  *offload predicate* decides, request by request, whether the DPU serves it;
-  the *offload function* maps a served request to ``(file, offset, nbytes)``
-  (by default a cache-table lookup), which the back end reads from the
-  :class:`FileService`.  Everything else goes to the *host handler*, whose
-  answer goes back through the same channel.
-* :class:`DdsFrontEnd` — the host's client: :meth:`~DdsFrontEnd.get` and the
-  batched :meth:`~DdsFrontEnd.get_many`.
+* :class:`DdsBackEnd` — runs on "the DPU": a thread, or a separate process
+  (:mod:`dpdpu.storage.dds_process`).  It takes batches of requests from a
+  :class:`ChannelPair`; the *offload predicate* decides, request by request,
+  whether the DPU serves it; the *offload function* maps a served request to
+  ``(file, offset, nbytes)`` (by default a lookup in its cache table), which
+  the back end reads from the :class:`FileService`.  Everything else is
+  forwarded to the host through the same channel.
+* :class:`DdsFrontEnd` — the host side: :meth:`~DdsFrontEnd.get` and the
+  batched :meth:`~DdsFrontEnd.get_many`, whose forwarded requests its *host
+  handler* answers on the host; :meth:`~DdsFrontEnd.cache_put` and
+  :meth:`~DdsFrontEnd.cache_delete` keep the back end's cache table current.
 
 A request whose key the offload function does not find (it returns None) is a
-miss and is forwarded to the host handler; without a host handler it fails
-with :class:`CacheMissError`.  A predicate, offload function or host handler
-that raises fails only its own request: the front end raises the same
-``dpdpu.errors`` class when the error was one, else :class:`RemoteRequestError`.
+miss and is forwarded to the host too; without a host handler forwarded
+requests fail with :class:`CacheMissError`.  A predicate, offload function or
+host handler that raises fails only its own request: the front end raises the
+same ``dpdpu.errors`` class when the error was one, else
+:class:`RemoteRequestError`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import json
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -48,14 +53,23 @@ __all__ = [
 #: Longest key the cache table takes, in bytes.
 KEY_MAX: int = lib.DPDPU_CACHE_KEY_MAX
 
-# Wire records.  Request: id, kind, key length, then the key.
-# Response: id, status, then the value (OK) or "ErrorClass\0message" (ERROR).
+# Wire records.  Request: id, kind, key length, then the key (and, for a
+# cache put, version, offset, size and the file name).  Response: id, status,
+# then the value (DPU), the forwarding reason and the key (FORWARD), the
+# answer of a control request (DONE) or "ErrorClass\0message" (ERROR).
 _REQ = struct.Struct("<QBH")
+_PUT = struct.Struct("<QQI")
 _RSP = struct.Struct("<QB")
 _KIND_GET = 1
+_KIND_PUT = 2
+_KIND_DELETE = 3
+_KIND_STATS = 4
 _ST_DPU = 0
-_ST_HOST = 1
+_ST_FORWARD = 1
 _ST_ERROR = 2
+_ST_DONE = 3
+_WHY_PREDICATE = 0
+_WHY_MISS = 1
 
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
@@ -247,11 +261,11 @@ class DdsStats:
         requests: requests received.
         batches: batches taken from the channel.
         dpu_served: requests answered from the file service on the DPU.
-        forwarded: requests answered by the host handler (misses included).
-        misses: requests the offload function did not find (forwarded, or failed without a host handler).
+        forwarded: requests forwarded to the host (misses included).
+        misses: requests the offload function did not find (forwarded to the host).
         failed: requests answered with an error.
         dpu_bytes: value bytes served on the DPU.
-        host_bytes: value bytes the host handler returned.
+        control: cache updates and stats requests from the front end.
     """
 
     requests: int
@@ -261,7 +275,7 @@ class DdsStats:
     misses: int
     failed: int
     dpu_bytes: int
-    host_bytes: int
+    control: int
 
 
 Predicate = Callable[[DdsRequest], bool]
@@ -291,10 +305,6 @@ class DdsBackEnd:
         offload_function: ``f(request) -> (file, offset, nbytes)`` or None for
             a miss.  Default: look the key up in ``cache``.  ``@dpdpu.offload``
             functions run as tasks like the predicate.
-        host_handler: ``f(request) -> bytes`` answering forwarded requests and
-            misses (in the emulator the back end calls it directly, standing in
-            for the hop back to the host).  None: forwarded requests and misses
-            fail with :class:`CacheMissError`.
         runtime: the runtime ``@offload`` callables run on (default: the
             current runtime of the thread that calls :meth:`start` or :meth:`serve`).
         max_batch: most requests taken from the channel at once.
@@ -307,7 +317,6 @@ class DdsBackEnd:
         cache: CacheTable | None = None,
         offload_predicate: Predicate | None = None,
         offload_function: OffloadFn | None = None,
-        host_handler: HostHandler | None = None,
         *,
         runtime: Any = None,
         max_batch: int = 256,
@@ -317,7 +326,6 @@ class DdsBackEnd:
         for name, fn in (
             ("offload_predicate", offload_predicate),
             ("offload_function", offload_function),
-            ("host_handler", host_handler),
         ):
             if fn is not None and not callable(fn):
                 raise errors.InvalidArgumentError(f"{name} must be callable, got {type(fn).__name__}")
@@ -329,7 +337,6 @@ class DdsBackEnd:
         self.cache = cache
         self._predicate = offload_predicate
         self._function = offload_function
-        self._host = host_handler
         self._runtime = runtime
         self._max_batch = max_batch
         self._thread: threading.Thread | None = None
@@ -396,13 +403,20 @@ class DdsBackEnd:
         """The response records of a batch of request records (one each, in order)."""
         out: list[bytes | None] = [None] * len(messages)
         requests: list[tuple[int, DdsRequest]] = []
+        bad = control = 0
         for i, msg in enumerate(messages):
             try:
+                kind = msg[8] if len(msg) > 8 else _KIND_GET
+                if kind != _KIND_GET:
+                    out[i] = self._control(msg)
+                    control += 1
+                    continue
                 requests.append((i, self._parse(msg)))
             except errors.DpdpuError as exc:
                 rid = _REQ.unpack_from(msg)[0] if len(msg) >= 8 else 0
                 out[i] = _error_record(rid, exc)
-        self._count(requests=len(messages), batches=1, failed=len(messages) - len(requests))
+                bad += 1
+        self._count(requests=len(messages) - control, batches=1, failed=bad, control=control)
 
         on_dpu: list[tuple[int, DdsRequest]] = []
         to_host: list[tuple[int, DdsRequest]] = []
@@ -422,7 +436,7 @@ class DdsBackEnd:
                 continue
             if where is None:
                 self._count(misses=1)
-                to_host.append((i, req))
+                out[i] = self._forward(req, _WHY_MISS)
                 continue
             try:
                 file, offset, nbytes = where
@@ -430,7 +444,6 @@ class DdsBackEnd:
             except Exception as exc:  # a malformed location fails this request only
                 out[i] = self._fail(req, exc, "offload function")
 
-        # The host handler runs while the DPU's reads are in flight.
         for i, req in to_host:
             out[i] = self._forward(req)
         for i, req, future in reads:
@@ -494,16 +507,35 @@ class DdsBackEnd:
                 results.append(exc)
         return results
 
-    def _forward(self, req: DdsRequest) -> bytes:
-        if self._host is None:
-            return self._fail(req, CacheMissError(f"key {req.key!r} is not cached and no host handler is set"), "")
-        try:
-            data = self._host(req)
-            payload = bytes(data)
-        except Exception as exc:
-            return self._fail(req, exc, "host handler")
-        self._count(forwarded=1, host_bytes=len(payload))
-        return _RSP.pack(req.id, _ST_HOST) + payload
+    def _forward(self, req: DdsRequest, why: int = _WHY_PREDICATE) -> bytes:
+        # The host answers forwarded requests itself: the record tells the front end to.
+        self._count(forwarded=1)
+        return _RSP.pack(req.id, _ST_FORWARD) + bytes([why]) + req.key
+
+    def _control(self, msg: bytes) -> bytes:
+        """Answer a cache update or stats request from the front end."""
+        if len(msg) < _REQ.size:
+            raise errors.CorruptDataError(f"a {len(msg)}-byte request record is too short")
+        rid, kind, klen = _REQ.unpack_from(msg)
+        key = bytes(msg[_REQ.size : _REQ.size + klen])
+        if kind == _KIND_STATS:
+            body = json.dumps(dataclasses.asdict(self.stats())).encode()
+            return _RSP.pack(rid, _ST_DONE) + body
+        if self.cache is None:
+            raise errors.InvalidArgumentError("this back end has no cache table to update")
+        if kind == _KIND_DELETE:
+            return _RSP.pack(rid, _ST_DONE) + bytes([self.cache.delete(key)])
+        if kind == _KIND_PUT:
+            rest = msg[_REQ.size + klen :]
+            if len(rest) < _PUT.size:
+                raise errors.CorruptDataError("a cache-put record is too short")
+            version, offset, size = _PUT.unpack_from(rest)
+            try:
+                file = bytes(rest[_PUT.size :]).decode("utf-8", "strict")
+            except UnicodeDecodeError as exc:
+                raise errors.CorruptDataError("a cache-put record's file name is not UTF-8") from exc
+            return _RSP.pack(rid, _ST_DONE) + bytes([self.cache.put(key, version, file, offset, size)])
+        raise errors.InvalidArgumentError(f"unknown request kind {kind}")
 
     def _fail(self, req: DdsRequest, exc: BaseException, where: str) -> bytes:
         self._count(failed=1)
@@ -535,14 +567,23 @@ class DdsFrontEnd:
 
     Args:
         pair: the host side of a :class:`ChannelPair`.
+        host_handler: ``f(request) -> bytes`` answering, on the host, the
+            requests the back end forwards (the predicate said "host", or the
+            offload function missed).  None: those fail with
+            :class:`CacheMissError`.
         timeout: seconds to wait for each response (None: no limit).
 
     One front end is meant for one thread at a time; calls are serialized.
     """
 
-    def __init__(self, pair: ChannelPair, *, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self, pair: ChannelPair, *, host_handler: HostHandler | None = None, timeout: float | None = 30.0
+    ) -> None:
+        if host_handler is not None and not callable(host_handler):
+            raise errors.InvalidArgumentError(f"host_handler must be callable, got {type(host_handler).__name__}")
         self.pair = pair
         self.timeout = timeout
+        self._host = host_handler
         self._next_id = 1
         self._lock = threading.Lock()
         self._sources = {"dpu": 0, "host": 0}
@@ -552,26 +593,26 @@ class DdsFrontEnd:
 
         Raises:
             InvalidArgumentError: a bad key.
-            CacheMissError: not cached and the back end has no host handler.
-            RemoteRequestError: the back end's predicate, offload function or host handler raised.
+            CacheMissError: forwarded to the host (or not cached) and no host handler is set.
+            RemoteRequestError: the back end's predicate or offload function, or the host handler, raised.
             StorageError: reading the file failed (the same subclass as on the back end).
             QueueFullError: no response within ``timeout``.
+            RuntimeClosedError: the back end has gone.
         """
         return self.get_many([key])[0]
 
     def get_many(self, keys: Sequence[bytes | str]) -> list[bytes]:
         """The values of ``keys`` in order, sent as one batch.
 
+        Forwarded requests are answered by the host handler as their records
+        arrive, while the DPU's reads of the others are still in flight.
+
         Raises:
             The first failed request's error, as :meth:`get` (the others are still collected).
         """
-        records = []
-        for key in keys:
-            k = _check_key(key)
-            records.append(k)
+        records = [_check_key(key) for key in keys]
         with self._lock:
-            first = self._next_id
-            self._next_id += len(records)
+            first = self._take_ids(len(records))
             if records:
                 self.pair.send_many(
                     [_REQ.pack(first + n, _KIND_GET, len(k)) + k for n, k in enumerate(records)], self.timeout
@@ -585,8 +626,10 @@ class DdsFrontEnd:
                     body = msg[_RSP.size :]
                     if status == _ST_ERROR:
                         results[rid] = _rebuild_error(body)
+                    elif status == _ST_FORWARD:
+                        results[rid] = self._on_host(DdsRequest(rid, bytes(body[1:])), body[0] == _WHY_MISS)
                     else:
-                        self._sources["dpu" if status == _ST_DPU else "host"] += 1
+                        self._sources["dpu"] += 1
                         results[rid] = body
         values: list[bytes] = []
         for n in range(len(records)):
@@ -595,6 +638,62 @@ class DdsFrontEnd:
                 raise value
             values.append(value)
         return values
+
+    def _on_host(self, req: DdsRequest, missed: bool) -> bytes | BaseException:
+        if self._host is None:
+            why = "is not cached" if missed else "was forwarded to the host"
+            return CacheMissError(f"key {req.key!r} {why} and no host handler is set", op="dds_get", code="MISS")
+        try:
+            value = bytes(self._host(req))
+        except Exception as exc:
+            err = RemoteRequestError(f"host handler raised {type(exc).__name__}: {exc}", op="dds_get")
+            err.remote_type = type(exc).__name__
+            return err
+        self._sources["host"] += 1
+        return value
+
+    # --- the back end's cache table and counters -----------------------------------------
+
+    def cache_put(self, key: bytes | str, version: int, file: str, offset: int, size: int) -> bool:
+        """Insert or replace ``key`` in the back end's cache table; True if it was new.
+
+        Raises:
+            InvalidArgumentError: a bad key, file or number.
+            DeviceFullError: the table is full.
+        """
+        k = _check_key(key)
+        if not isinstance(file, str) or not file:
+            raise errors.InvalidArgumentError(f"a file is a non-empty path string, got {file!r}")
+        extra = _PUT.pack(
+            _check_uint("version", version, _U64), _check_uint("offset", offset, _U64), _check_uint("size", size, _U32)
+        )
+        return bool(self._control(_KIND_PUT, k, extra + file.encode())[0])
+
+    def cache_delete(self, key: bytes | str) -> bool:
+        """Remove ``key`` from the back end's cache table; True if it was present."""
+        return bool(self._control(_KIND_DELETE, _check_key(key))[0])
+
+    def backend_stats(self) -> DdsStats:
+        """The back end's counters, asked over the channel."""
+        return DdsStats(**json.loads(self._control(_KIND_STATS, b"")))
+
+    def _take_ids(self, n: int) -> int:
+        first = self._next_id
+        self._next_id += n
+        return first
+
+    def _control(self, kind: int, key: bytes, extra: bytes = b"") -> bytes:
+        with self._lock:
+            rid = self._take_ids(1)
+            self.pair.send(_REQ.pack(rid, kind, len(key)) + key + extra, self.timeout)
+            while True:
+                msg = self.pair.recv(self.timeout)
+                got, status = _RSP.unpack_from(msg)
+                if got != rid:
+                    continue  # the answer to a request an earlier call gave up on
+                if status == _ST_ERROR:
+                    raise _rebuild_error(msg[_RSP.size :])
+                return bytes(msg[_RSP.size :])
 
     @property
     def served(self) -> dict[str, int]:
