@@ -1,0 +1,404 @@
+"""``dpdpu agent`` and the client commands: deploy, offloads, undeploy, invoke, stats, health.
+
+Client commands find the agent through ``--agent`` / ``$DPDPU_AGENT``, else the address
+a local agent recorded in its data dir, else 127.0.0.1:50051; the token through
+``--token`` / ``$DPDPU_TOKEN``, ``--token-file``, else the local agent's token file.
+
+Exit status: 0 ok; 1 the call failed (the offload raised or timed out, the module or
+request was refused, no such name); 2 usage (bad options or arguments); 3 no agent
+reachable; 4 the agent refused the token.
+
+grpc is imported inside the commands, so ``dpdpu --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from ..runtime.placement import POLICIES
+
+if TYPE_CHECKING:
+    from .client import AgentClient
+
+__all__ = ["EXIT_AUTH", "EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "register"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_AUTH = 4
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AgentCliError(click.ClickException):
+    """A failure printed as one line ("Error: ..."), with the documented exit status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # per instance: the documented status
+
+
+def _exit_code(exc: BaseException) -> int:
+    from .client import AgentAuthError, AgentUnavailableError
+
+    if isinstance(exc, AgentUnavailableError):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, AgentAuthError):
+        return EXIT_AUTH
+    return EXIT_FAILED
+
+
+def _client_options(fn: F) -> F:
+    """The options every client command takes; passes ``client`` (opened lazily) and ``as_json``."""
+
+    @click.option("--agent", "address", envvar="DPDPU_AGENT", help="Agent HOST:PORT [env DPDPU_AGENT].")
+    @click.option("--token", envvar="DPDPU_TOKEN", help="Agent token [env DPDPU_TOKEN].")
+    @click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="File holding the token [default: the local agent's].",
+    )
+    @click.option(
+        "--tls-ca",
+        envvar="DPDPU_TLS_CA",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Use TLS, checking the agent's certificate against this PEM file [env DPDPU_TLS_CA].",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @functools.wraps(fn)
+    def wrapper(
+        address: str | None, token: str | None, token_file: Path | None, tls_ca: Path | None, **kwargs: Any
+    ) -> Any:
+        from .client import AgentClient, AgentError, default_address, default_token
+        from .security import read_token
+
+        if token is None and token_file is not None:
+            token = read_token(token_file)
+            if token is None:
+                raise AgentCliError(f"no token in {token_file}", EXIT_USAGE)
+        client = AgentClient(
+            address or default_address(), token if token is not None else default_token(), tls_ca=tls_ca
+        )
+        try:
+            return fn(client=client, **kwargs)
+        except AgentError as exc:
+            raise AgentCliError(str(exc), _exit_code(exc)) from None
+        finally:
+            client.close()
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(highlight=False, width=None if stream.isatty() else 120, stderr=stderr)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def register(main: click.Group) -> None:
+    """Add the agent commands to the ``dpdpu`` group."""
+    for command in (agent, deploy, offloads, undeploy, invoke, stats, health):
+        main.add_command(command)
+
+
+# --- the agent process -----------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--device", default="bluefield3", show_default=True, help="Device profile: host, bluefield2, bluefield3 or a TOML."
+)
+@click.option("--listen", default="127.0.0.1:50051", show_default=True, help="gRPC HOST:PORT (port 0: any free port).")
+@click.option(
+    "--flight-port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Arrow Flight port (0: any)."
+)
+@click.option("--no-flight", is_flag=True, help="Do not start the Arrow Flight endpoint.")
+@click.option(
+    "--data-dir",
+    envvar="DPDPU_AGENT_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Token, deployments and state [env DPDPU_AGENT_DIR; default ~/.local/share/dpdpu/agent].",
+)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM certificate chain.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PEM private key.")
+@click.option(
+    "--policy",
+    type=click.Choice(POLICIES),
+    default="dpu-only",
+    show_default=True,
+    help="Placement policy of invocations.",
+)
+@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker threads per engine [default: 8+].")
+@click.option(
+    "--invoke-timeout",
+    type=click.FloatRange(0.001),
+    default=30.0,
+    show_default=True,
+    help="Default invoke timeout (s).",
+)
+@click.option(
+    "--import-timeout",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    help="Time a deployed module may take to import in isolation (s).",
+)
+@click.option(
+    "--max-module-bytes", type=click.IntRange(1), default=1 << 20, show_default=True, help="Largest module accepted."
+)
+@click.option("--grace", type=click.FloatRange(0), default=10.0, show_default=True, help="Drain time on shutdown (s).")
+def agent(
+    device: str,
+    listen: str,
+    flight_port: int,
+    no_flight: bool,
+    data_dir: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    policy: str,
+    workers: int | None,
+    invoke_timeout: float,
+    import_timeout: float,
+    max_module_bytes: int,
+    grace: float,
+) -> None:
+    """Run the agent: a runtime on DEVICE, the control service and an Arrow Flight endpoint.
+
+    The first line printed is JSON with the bound addresses ("listen", "flight",
+    "pid"); DATA_DIR/agent.json holds the same while the agent runs.  SIGTERM or
+    SIGINT drain in-flight calls (up to --grace seconds) and exit.
+    """
+    from ..errors import InvalidArgumentError, ProfileError, UnknownDeviceError
+    from .security import TlsFiles, default_data_dir
+    from .server import AgentConfig, run_agent
+
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    config = AgentConfig(
+        data_dir=data_dir or default_data_dir(), device=device, listen=listen,
+        flight_port=None if no_flight else flight_port,
+        tls=TlsFiles(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None,
+        policy=policy, workers=workers, invoke_timeout_s=invoke_timeout, import_timeout_s=import_timeout,
+        max_module_bytes=max_module_bytes, grace_s=grace,
+    )  # fmt: skip
+    try:
+        code = run_agent(config)
+    except (InvalidArgumentError, ProfileError, UnknownDeviceError) as exc:
+        raise AgentCliError(str(exc), EXIT_USAGE) from None
+    sys.exit(code)
+
+
+# --- client commands -------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="Deployment name [default: the file's stem].")
+@_client_options
+def deploy(client: AgentClient, file: Path, name: str | None, as_json: bool) -> None:
+    """Deploy FILE (a Python module with @offload functions) to the agent.
+
+    The agent imports it in a separate process first; a module that fails to
+    import, takes too long or defines no offloads is refused.  Deploying a name
+    again replaces it (concurrent deploys of one name run one after the other; the
+    last wins).
+    """
+    err = _console(stderr=True)
+    if err.is_terminal and not as_json:
+        with err.status(f"deploying {file.name} ..."):
+            info = client.deploy(file, name=name)
+    else:
+        info = client.deploy(file, name=name)
+    if as_json:
+        _echo_json(info.as_dict())
+        return
+    state = "unchanged" if info.unchanged else "deployed"
+    click.echo(f"{state} {info.name} version {info.version[:12]}: {', '.join(info.offloads)}")
+
+
+@click.command()
+@_client_options
+def offloads(client: AgentClient, as_json: bool) -> None:
+    """List the deployments and their offloads."""
+    from rich.table import Table
+
+    items = client.offloads()
+    if as_json:
+        _echo_json([d.as_dict() for d in items])
+        return
+    table = Table(title="deployed offloads (invoke as DEPLOYMENT.OFFLOAD)", title_justify="left")
+    for col in ("deployment", "version", "offloads", "size", "deployed"):
+        table.add_column(col)
+    for d in items:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.deployed_at))
+        table.add_row(d.name, d.version[:12], "\n".join(d.offloads), f"{d.size} B", when)
+    _console().print(table)
+
+
+@click.command()
+@click.argument("name")
+@_client_options
+def undeploy(client: AgentClient, name: str, as_json: bool) -> None:
+    """Remove the deployment NAME."""
+    info = client.undeploy(name)
+    if as_json:
+        _echo_json(info.as_dict())
+    else:
+        click.echo(f"undeployed {info.name} version {info.version[:12]}")
+
+
+@click.command()
+@click.argument("name")
+@click.argument("args_json", required=False)
+@click.option(
+    "--input",
+    "input_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Pass this file's bytes as the first argument.",
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write a bytes result to this file.")
+@click.option("--timeout", type=click.FloatRange(0.001), default=None, help="Seconds [default: the agent's, 30].")
+@_client_options
+def invoke(
+    client: AgentClient,
+    name: str,
+    args_json: str | None,
+    input_file: Path | None,
+    output: Path | None,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Run the offload NAME (DEPLOYMENT.OFFLOAD) on the agent and print its result.
+
+    ARGS_JSON is a JSON array of positional arguments, a JSON object of keyword
+    arguments, or one JSON value.  Results print as JSON; a bytes result is
+    written raw to stdout (or --output).
+    """
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    if args_json:
+        try:
+            value = json.loads(args_json)
+        except ValueError as exc:
+            raise AgentCliError(f"ARGS_JSON is not valid JSON: {exc}", EXIT_USAGE) from None
+        if isinstance(value, list):
+            args = value
+        elif isinstance(value, dict):
+            kwargs = value
+        else:
+            args = [value]
+    payload = input_file.read_bytes() if input_file is not None else None
+    result = client.invoke_ex(name, *args, payload=payload, timeout=timeout, **kwargs)
+    value = result.value
+    if isinstance(value, bytes):
+        if output is not None:
+            output.write_bytes(value)
+            value = {"bytes": len(value), "written_to": str(output)}
+        elif as_json:
+            import base64
+
+            value = {"bytes_base64": base64.b64encode(value).decode()}
+        else:
+            sys.stdout.buffer.write(value)
+            sys.stdout.flush()
+            return
+    if as_json:
+        _echo_json({"result": value, "engine": result.engine, "wall_s": result.wall_s, "modeled_s": result.modeled_s})
+    else:
+        click.echo(json.dumps(value))
+
+
+@click.command()
+@click.option("--watch", is_flag=True, help="Refresh until interrupted.")
+@click.option(
+    "--interval", type=click.FloatRange(0.05), default=1.0, show_default=True, help="Seconds between refreshes."
+)
+@click.option("--count", type=click.IntRange(0), default=0, help="With --watch: stop after this many refreshes.")
+@_client_options
+def stats(client: AgentClient, watch: bool, interval: float, count: int, as_json: bool) -> None:
+    """Per-engine utilization, queue depths, tasks and bytes; invocations; host cores saved."""
+    if not watch:
+        data = client.stats()
+        if as_json:
+            _echo_json(data)
+        else:
+            _console().print(_stats_view(data))
+        return
+    if as_json:
+        n = 0
+        while True:
+            click.echo(json.dumps(client.stats()))
+            n += 1
+            if count and n >= count:
+                return
+            time.sleep(interval)
+    from rich.live import Live
+
+    console = _console()
+    with Live(_stats_view(client.stats()), console=console, auto_refresh=False) as live:
+        n = 1
+        try:
+            while not count or n < count:
+                time.sleep(interval)
+                live.update(_stats_view(client.stats()), refresh=True)
+                n += 1
+        except KeyboardInterrupt:
+            pass
+
+
+def _stats_view(data: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    summary = Text(
+        f"{data['device']}: up {data['uptime_s']:.0f} s, {data['deployments']} deployments, "
+        f"{data['invocations']} invocations ({data['invocation_failures']} failed, {data['in_flight']} running, "
+        f"{data['hung']} hung)\n"
+        f"modeled: device time {data['modeled_s'] * 1e3:.3f} ms, host cores saved {data['host_cores_saved']:.2f}"
+    )
+    table = Table()
+    for col in ("engine", "kind", "lanes", "tasks", "errors", "queue", "in", "out", "util"):
+        table.add_column(col, justify="left" if col in ("engine", "kind") else "right")
+    for e in data["engines"]:
+        table.add_row(
+            e["engine"], e["kind"], str(e["lanes"]), str(e["tasks"]), str(e["errors"]),
+            f"{e['queue_depth']}/{e['queue_capacity']}", _size(e["bytes_in"]), _size(e["bytes_out"]),
+            f"{e['utilization']:.0%}",
+        )  # fmt: skip
+    return Group(summary, table)
+
+
+def _size(n: int) -> str:
+    from ..runtime.placement import _size as size
+
+    return size(n)
+
+
+@click.command()
+@_client_options
+def health(client: AgentClient, as_json: bool) -> None:
+    """Check that the agent answers: status, version, device, uptime."""
+    data = client.health()
+    if as_json:
+        _echo_json(data)
+    else:
+        flight = f", flight port {data['flight_port']}" if data["flight_port"] else ""
+        click.echo(
+            f"{data['status']}: dpdpu {data['version']} on {data['device']}, up {data['uptime_s']:.0f} s, "
+            f"{data['deployments']} deployments, pid {data['pid']}{flight}"
+        )
