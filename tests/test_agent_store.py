@@ -74,6 +74,31 @@ def test_restore_from_disk_and_tampered_files(tmp_path: Path) -> None:
     assert list(manifest) == ["keep"]
 
 
+def test_restore_checks_modules_in_isolation_again(tmp_path: Path) -> None:
+    marker = tmp_path / "hang-now"
+    source = textwrap.dedent(
+        f"""
+        import os
+        import dpdpu
+
+        while os.path.exists({str(marker)!r}):  # imports fine at deploy time, hangs once the marker exists
+            pass
+
+        @dpdpu.offload
+        def one():
+            return 1
+        """
+    )
+    store = DeploymentStore(tmp_path / "agent", import_timeout_s=2)
+    store.deploy("moody", source)
+    store.deploy("fine", MODULE.format(tag="f"))
+    marker.touch()
+    again = DeploymentStore(tmp_path / "agent", import_timeout_s=2)
+    problems = again.restore()  # returns: the hanging import ran in a child, not here
+    assert len(problems) == 1 and "moody" in problems[0] and "within 2 s" in problems[0]
+    assert [d.name for d in again.deployments()] == ["fine"]
+
+
 def test_refusals(tmp_path: Path) -> None:
     store = DeploymentStore(tmp_path, max_module_bytes=100, import_timeout_s=5)
     with pytest.raises(ModuleTooLargeError):

@@ -267,7 +267,9 @@ class DeploymentStore:
                 source = path.read_text()
                 if source_version(source) != entry["version"]:
                     raise DeploymentError(f"{path} does not match its recorded version")
-                # Modules were checked in isolation when deployed; load them directly.
+                # Checked again in isolation: what imported at deploy time may hang or fail now
+                # (the environment or the files it reads have changed).
+                self._isolated_import(path)
                 module, offloads = _load(name, entry["version"], path)
             except (OSError, DpdpuError) as exc:
                 problems.append(f"deployment {name!r} not restored: {exc}")
