@@ -360,7 +360,16 @@ def _fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-# Commands that live next to the engine they drive register here, one line each.
+def _add_engine_commands() -> None:
+    """Commands that live next to the engine they drive (imported once ``main`` exists)."""
+    from .agent.cli import register as add_agent_commands
+    from .storage.kv_cli import kv_sim
+
+    add_agent_commands(main)  # agent, deploy, offloads, undeploy, invoke, stats, health
+    main.add_command(kv_sim)
+
+
+_add_engine_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,256 @@
+"""The storage tier of the KV cache: one file per chunk in a :class:`FileService`.
+
+A chunk lives in the file ``kv/<key hex>``.  Its first ``header_bytes``
+(a multiple of the service's block size, so the payload starts on a block)
+hold a fixed part ``<4sIIII``: magic ``DPKV``, format version, header bytes,
+JSON length and the CRC-32C of the JSON; then the JSON: key, representation,
+codec, tokens, and per layer segment its stored length, uncompressed length
+and CRC-32C.  The payload is the layer segments one after the other (see
+:mod:`dpdpu.storage.kv_codec`).
+
+Every segment is checked against its CRC-32C as it is read; a mismatch (or a
+bad header, or a short file) raises :class:`KvCorruptError`, and the store
+drops the chunk and reports a miss.  Raw uncompressed layers are read
+straight into the caller's output (one read per layer's keys and per its
+values, all issued together, each layer checked as soon as it lands).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import errors
+from ..compute import codecs
+from ..runtime import native
+from ..runtime.profile import Profile
+from .fs import FileService
+from .kv_codec import Encoded, decode_layer_into, layer_segments
+from .kv_keys import ModelShape
+
+__all__ = ["DiskChunk", "DiskTier", "KvCorruptError"]
+
+_MAGIC = b"DPKV"
+_VERSION = 1
+_FIXED = struct.Struct("<4sIIII")
+_DIR = "kv"
+
+
+class _LayerCheck:
+    """Verifies one layer once both its reads (keys, values) completed, on the completing thread."""
+
+    def __init__(self, layer: int, bufs: list[Any], crc: int) -> None:
+        self.layer, self.bufs, self.crc = layer, bufs, crc
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.ok = False
+        self._left = len(bufs)
+        self._lock = threading.Lock()
+
+    def landed(self, nbytes: int, future: concurrent.futures.Future[int]) -> None:
+        """The read of ``nbytes`` into one of the buffers completed."""
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        try:
+            if future.result() != nbytes:
+                self.error = KvCorruptError(f"layer {self.layer} is cut short")
+            if not last:
+                return
+            if self.error is None:
+                crc = 0
+                for buf in self.bufs:
+                    crc = native.crc32c(buf, crc)
+                self.ok = crc == self.crc
+        except BaseException as exc:
+            self.error = exc
+        if last:
+            self.done.set()
+
+
+class KvCorruptError(errors.CorruptDataError):
+    """A chunk on disk fails its checksum or is malformed (the store reports a miss and drops it)."""
+
+
+@dataclass
+class DiskChunk:
+    """Where a chunk sits on disk and how to read it."""
+
+    key: bytes
+    rep: str
+    codec: str | None
+    tokens: int
+    header_bytes: int
+    lens: list[int]
+    raw_lens: list[int]
+    crcs: list[int]
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes."""
+        return sum(self.lens)
+
+    @property
+    def path(self) -> str:
+        """The file's name in the service."""
+        return f"{_DIR}/{self.key.hex()}"
+
+    def offset(self, layer: int) -> int:
+        """File offset of a layer segment."""
+        return self.header_bytes + sum(self.lens[:layer])
+
+
+class DiskTier:
+    """Chunk files in a :class:`FileService` (the eviction policy and capacity are the store's)."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        model: ModelShape,
+        capacity: int,
+        device: str | Profile | None,
+        chunk_tokens: int = 256,
+    ) -> None:
+        self.model = model
+        existing = (Path(data_dir) / "data.bdev").exists()
+        # Large chunks read best in large blocks; small ones would waste most of a large block.
+        block = 65536 if model.bytes_per_token * chunk_tokens >= (16 << 20) else 4096
+        # The service's device file is sparse, so generous room costs nothing: twice the payload for
+        # partly used blocks, plus a header block and a partial block for chunks as small as 1/16 of
+        # a raw chunk (compressed or quantized ones are smaller than raw).
+        smallest = max(1, chunk_tokens * model.bytes_per_token // 16)
+        fs_capacity = 2 * capacity + (capacity // smallest + 1) * 2 * block + (16 << 20)
+        self.fs = FileService(data_dir, capacity=None if existing else fs_capacity, block_size=block, device=device)
+        self.fs.mkdir(_DIR, exist_ok=True)
+
+    def scan(self) -> tuple[list[DiskChunk], int]:
+        """The chunks already on disk (from an earlier run), and how many bad files were dropped."""
+        found: list[DiskChunk] = []
+        bad = 0
+        for name in sorted(self.fs.listdir(_DIR)):
+            try:
+                key = bytes.fromhex(name)
+                found.append(self._read_header(key))
+            except (ValueError, KvCorruptError, errors.StorageError):
+                bad += 1
+                self._delete(f"{_DIR}/{name}")
+        return found, bad
+
+    def _read_header(self, key: bytes) -> DiskChunk:
+        path = f"{_DIR}/{key.hex()}"
+        head = self.fs.read(path, 0, 4096).result()
+        if len(head) < _FIXED.size:
+            raise KvCorruptError(f"chunk {key.hex()}: header cut short")
+        magic, version, header_bytes, json_len, json_crc = _FIXED.unpack_from(head)
+        if magic != _MAGIC or version != _VERSION or _FIXED.size + json_len > header_bytes:
+            raise KvCorruptError(f"chunk {key.hex()}: not a KV chunk file")
+        if _FIXED.size + json_len > len(head):
+            head = self.fs.read(path, 0, _FIXED.size + json_len).result()
+        raw = head[_FIXED.size : _FIXED.size + json_len]
+        if len(raw) != json_len or codecs.crc32c(raw) != json_crc:
+            raise KvCorruptError(f"chunk {key.hex()}: header fails its checksum")
+        meta = json.loads(raw)
+        chunk = DiskChunk(
+            key, meta["rep"], meta["codec"], meta["tokens"], header_bytes, meta["lens"], meta["raw_lens"], meta["crcs"]
+        )
+        if meta["key"] != key.hex() or len(chunk.lens) != self.model.layers:
+            raise KvCorruptError(f"chunk {key.hex()}: header names another chunk or shape")
+        if self.fs.stat(path).size < header_bytes + chunk.nbytes:
+            raise KvCorruptError(f"chunk {key.hex()}: file cut short")
+        return chunk
+
+    def write(self, key: bytes, enc: Encoded, codec: str | None) -> DiskChunk:
+        """Write a chunk (compressing its segments with ``codec``); returns where it is."""
+        raw = layer_segments(enc, self.model)
+        raw_lens = [len(memoryview(s).cast("B")) for s in raw]
+        if codec is None or enc.codec == codec:
+            segs: list[Any] = raw if codec is None else list(enc.segments)
+        else:
+            segs = [codecs.compress(s, codec) for s in raw]
+        lens = [len(memoryview(s).cast("B")) for s in segs]
+        crcs = [codecs.crc32c(s) for s in segs]
+        meta: dict[str, Any] = {"key": key.hex(), "rep": enc.rep, "codec": codec, "tokens": enc.tokens}
+        meta.update(lens=lens, raw_lens=raw_lens, crcs=crcs)
+        body = json.dumps(meta, separators=(",", ":")).encode()
+        block = self.fs.block_size
+        header_bytes = -(-(_FIXED.size + len(body)) // block) * block
+        header = bytearray(header_bytes)
+        _FIXED.pack_into(header, 0, _MAGIC, _VERSION, header_bytes, len(body), codecs.crc32c(body))
+        header[_FIXED.size : _FIXED.size + len(body)] = body
+        path = f"{_DIR}/{key.hex()}"
+        self.fs.create(path, exist_ok=True)
+        self.fs.writev(path, 0, [header, *segs]).result()
+        return DiskChunk(key, enc.rep, codec, enc.tokens, header_bytes, lens, raw_lens, crcs)
+
+    def read_into(self, chunk: DiskChunk, dst: np.ndarray[Any, Any], layer: int | None = None) -> None:
+        """Read the chunk (or one ``layer``) into ``dst``, checking every segment; :class:`KvCorruptError` if bad."""
+        layers = list(range(self.model.layers)) if layer is None else [layer]
+        try:
+            if chunk.rep == "raw" and chunk.codec is None:
+                self._read_raw(chunk, dst, layers, layer is None)
+            else:
+                futures = [self.fs.read(chunk.path, chunk.offset(i), chunk.lens[i]) for i in layers]
+                for i, fut in zip(layers, futures, strict=True):
+                    seg: Any = fut.result()
+                    self._check(chunk, i, len(seg) == chunk.lens[i] and codecs.crc32c(seg) == chunk.crcs[i])
+                    if chunk.codec is not None:
+                        try:
+                            seg = codecs.decompress(seg, chunk.codec, output_size=chunk.raw_lens[i])
+                        except errors.CorruptDataError as exc:
+                            raise KvCorruptError(f"chunk {chunk.key.hex()}: layer {i} does not decompress") from exc
+                    decode_layer_into(self.model, chunk.rep, seg, dst[i] if layer is None else dst)
+        except errors.NoSuchFileError as exc:  # dropped by another thread meanwhile
+            raise KvCorruptError(f"chunk {chunk.key.hex()}: gone") from exc
+
+    def _read_raw(self, chunk: DiskChunk, dst: np.ndarray[Any, Any], layers: list[int], whole: bool) -> None:
+        # One read per contiguous destination (a layer's keys, its values), all in flight at once:
+        # a read spanning several buffers would go through a bounce buffer.  Each layer's checksum
+        # is computed by the file service thread completing its last read (the native CRC releases
+        # the GIL), so checking overlaps the reads still in flight.
+        pending = []
+        for i in layers:
+            view = dst[i] if whole else dst
+            bufs = [view] if view.flags.c_contiguous else [view[0], view[1]]
+            if not all(b.flags.c_contiguous for b in bufs):
+                raise errors.InternalError("layer destinations must be contiguous")
+            check = _LayerCheck(i, bufs, chunk.crcs[i])
+            off = chunk.offset(i)
+            for buf in bufs:
+                self.fs.read_into(chunk.path, off, buf).add_done_callback(functools.partial(check.landed, buf.nbytes))
+                off += buf.nbytes
+            pending.append(check)
+        for check in pending:
+            check.done.wait()
+            if isinstance(check.error, errors.NoSuchFileError):
+                raise check.error
+            self._check(chunk, check.layer, check.error is None and check.ok)
+
+    def _check(self, chunk: DiskChunk, layer: int, ok: bool) -> None:
+        if not ok:
+            raise KvCorruptError(f"chunk {chunk.key.hex()}: layer {layer} fails its checksum")
+
+    def delete(self, chunk: DiskChunk) -> None:
+        """Remove a chunk's file."""
+        self._delete(chunk.path)
+
+    def _delete(self, path: str) -> None:
+        with contextlib.suppress(errors.NoSuchFileError):
+            self.fs.delete(path)
+
+    def flush(self) -> None:
+        """Make every chunk written so far durable."""
+        self.fs.flush().result()
+
+    def close(self) -> None:
+        """Flush and release the data directory."""
+        self.fs.close()
