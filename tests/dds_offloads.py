@@ -10,3 +10,9 @@ from dpdpu.storage import DdsRequest
 def not_sevens(req: DdsRequest) -> bool:
     """Serve on the DPU every key that does not end in 7."""
     return not req.key.endswith(b"7")
+
+
+def chatty(req: DdsRequest) -> bool:
+    """Serve everything on the DPU, printing a kilobyte per request (as debugging code does)."""
+    print("x" * 1024)
+    return True

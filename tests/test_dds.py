@@ -270,6 +270,7 @@ def _filled_service(path: Path) -> dict[bytes, tuple[str, int, bytes]]:
         fs.write("vals", 0, bytes(blob)).result()
         fs.create("big")
         fs.write("big", 0, big).result()
+        fs.mkdir("sub")
         where[b"big"] = ("big", 0, big)
         fs.flush().result()
     return where
@@ -316,7 +317,7 @@ def test_back_end_process_errors(tmp_path: Path) -> None:
     _filled_service(tmp_path / "svc")
     with pytest.raises(BackEndStartError, match="No module named"):
         DdsProcess.spawn(tmp_path / "svc", predicate="no_such_module_here:f")
-    with pytest.raises(BackEndStartError, match="exited"):
+    with pytest.raises(BackEndStartError, match="no data directory"):
         DdsProcess.spawn(tmp_path / "none")  # no file service there
     with pytest.raises(errors.InvalidArgumentError):
         DdsProcess.spawn(tmp_path / "svc", function="not a spec")
@@ -342,3 +343,53 @@ def test_back_end_process_dies_mid_stream(tmp_path: Path) -> None:
     # acknowledged data is intact: the service opens again and serves it
     with FileService(tmp_path / "svc", create=False) as fs:
         assert fs.read("big", 0, len(value)).result() == value
+
+
+def test_back_end_process_output_never_stalls_it(tmp_path: Path) -> None:
+    from dpdpu.storage.dds_process import DdsProcess
+
+    where = _filled_service(tmp_path / "svc")
+    file, offset, value = where[b"k3"]
+    with DdsProcess.spawn(tmp_path / "svc", predicate="dds_offloads:chatty") as back:
+        with back.front_end(timeout=20) as front:
+            front.cache_put(b"k3", 1, file, offset, len(value))
+            for _ in range(300):  # 300 KiB of output: far more than a pipe holds
+                assert front.get(b"k3") == value
+        assert back.close() == 0
+
+
+def test_entries_must_point_at_existing_bytes(tmp_path: Path) -> None:
+    from dpdpu.storage.dds_process import DdsProcess
+
+    where = _filled_service(tmp_path / "svc")
+    file, offset, value = where[b"k2"]
+    with DdsProcess.spawn(tmp_path / "svc") as back, back.front_end(timeout=20) as front:
+        with pytest.raises(errors.NoSuchFileError):
+            front.cache_put(b"a", 1, "missing", 0, 1)
+        with pytest.raises(errors.InvalidPathError):
+            front.cache_put(b"a", 1, "../../etc/passwd", 0, 1)
+        with pytest.raises(errors.InvalidPathError):
+            front.cache_put(b"a", 1, "/", 0, 0)
+        with pytest.raises(errors.FileTypeError):
+            front.cache_put(b"a", 1, "sub", 0, 0)
+        with pytest.raises(errors.InvalidArgumentError, match="which has"):
+            front.cache_put(b"a", 1, "vals", offset, 10**6)
+        assert front.cache_put(b"k2", 1, file, offset, len(value))
+        assert front.get_many([b"k2"]) == [value]
+
+
+def test_a_file_shorter_than_its_entry_is_an_error_not_a_short_value(
+    store: tuple[FileService, CacheTable, dict[bytes, bytes]],
+) -> None:
+    fs, table, values = store
+    fs.create("short")
+    fs.write("short", 0, b"hello world").result()
+    table.put(b"past", 1, "short", 5, 100)  # the table itself does not know file sizes
+    table.put(b"beyond", 1, "short", 1000, 4)
+    front, back = _link({}, fs, table)
+    with front:
+        for key in (b"past", b"beyond"):
+            with pytest.raises(errors.TruncatedDataError, match="only"):
+                front.get(key)
+        assert front.get(b"key1") == values[b"key1"]
+    back.join(5)

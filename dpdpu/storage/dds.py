@@ -70,6 +70,7 @@ _ST_ERROR = 2
 _ST_DONE = 3
 _WHY_PREDICATE = 0
 _WHY_MISS = 1
+_CONTROL_OPS = {_KIND_PUT: "cache_put", _KIND_DELETE: "cache_delete", _KIND_STATS: "dds_stats"}
 
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
@@ -429,6 +430,7 @@ class DdsBackEnd:
                 to_host.append((i, req))
 
         reads: list[tuple[int, DdsRequest, concurrent.futures.Future[bytes]]] = []
+        want: dict[int, int] = {}
         locations = self._map(self._function or self._lookup, [r for _, r in on_dpu])
         for (i, req), where in zip(on_dpu, locations, strict=True):
             if isinstance(where, BaseException):
@@ -441,6 +443,7 @@ class DdsBackEnd:
             try:
                 file, offset, nbytes = where
                 reads.append((i, req, self.fs.read(file, offset, nbytes)))
+                want[i] = nbytes
             except Exception as exc:  # a malformed location fails this request only
                 out[i] = self._fail(req, exc, "offload function")
 
@@ -451,6 +454,15 @@ class DdsBackEnd:
                 data = future.result()
             except Exception as exc:
                 out[i] = self._fail(req, exc, "read")
+                continue
+            if len(data) != want[i]:
+                # The file no longer holds what the entry says: never hand back a short value.
+                err = errors.TruncatedDataError(
+                    f"key {req.key!r} maps to {want[i]} bytes but only {len(data)} are there "
+                    "(the file is shorter than the cache entry says)",
+                    op="dds_get",
+                )
+                out[i] = self._fail(req, err, "")
                 continue
             self._count(dpu_served=1, dpu_bytes=len(data))
             out[i] = _RSP.pack(req.id, _ST_DPU) + data
@@ -534,6 +546,15 @@ class DdsBackEnd:
                 file = bytes(rest[_PUT.size :]).decode("utf-8", "strict")
             except UnicodeDecodeError as exc:
                 raise errors.CorruptDataError("a cache-put record's file name is not UTF-8") from exc
+            # An entry must point at bytes that exist now (a later change of the file is caught at read).
+            st = self.fs.stat(file)
+            if st.kind != "file":
+                raise errors.FileTypeError(f"cache entry for {key!r} names {file!r}, not a file", op="cache_put")
+            end = st.size
+            if offset + size > end:
+                raise errors.InvalidArgumentError(
+                    f"cache entry for {key!r} covers bytes {offset}..{offset + size} of {file!r}, which has {end} bytes"
+                )
             return _RSP.pack(rid, _ST_DONE) + bytes([self.cache.put(key, version, file, offset, size)])
         raise errors.InvalidArgumentError(f"unknown request kind {kind}")
 
@@ -692,7 +713,7 @@ class DdsFrontEnd:
                 if got != rid:
                     continue  # the answer to a request an earlier call gave up on
                 if status == _ST_ERROR:
-                    raise _rebuild_error(msg[_RSP.size :])
+                    raise _rebuild_error(msg[_RSP.size :], _CONTROL_OPS.get(kind, "dds"))
                 return bytes(msg[_RSP.size :])
 
     @property
@@ -711,13 +732,13 @@ class DdsFrontEnd:
         self.close()
 
 
-def _rebuild_error(body: bytes) -> BaseException:
+def _rebuild_error(body: bytes, op: str = "dds_get") -> BaseException:
     name, _, message = body.decode("utf-8", "replace").partition("\0")
     if name == "CacheMissError":
-        return CacheMissError(message, op="dds_get", code="MISS")
+        return CacheMissError(message, op=op, code="MISS")
     cls = getattr(errors, name, None)
     if isinstance(cls, type) and issubclass(cls, errors.DpdpuError) and cls is not errors.DpdpuError:
-        return cls(message, op="dds_get")
-    err = RemoteRequestError(message, op="dds_get")
+        return cls(message, op=op)
+    err = RemoteRequestError(message, op=op)
     err.remote_type = name
     return err

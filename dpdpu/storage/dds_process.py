@@ -38,7 +38,9 @@ from .dds import CacheTable, DdsBackEnd, DdsFrontEnd, HostHandler
 
 __all__ = ["BackEndStartError", "DdsProcess", "main"]
 
+# The child's stdout carries only these two lines; everything else it prints goes to stderr.
 _READY = "dpdpu-dds-ready"
+_FAILED = "dpdpu-dds-failed: "
 
 
 class BackEndStartError(errors.DpdpuError, RuntimeError):
@@ -122,7 +124,8 @@ class DdsProcess:
         # The child resolves "module:attribute" names the way this process would.
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            # stderr is inherited, not piped: a pipe nobody reads fills up and stalls a chatty back end.
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
         except BaseException:
             pair.close()
             raise
@@ -146,13 +149,16 @@ class DdsProcess:
                 line = self.process.stdout.readline()
                 if line.strip() == _READY:
                     return
+                if line.startswith(_FAILED):
+                    raise BackEndStartError(
+                        f"the DDS back end failed to start: {line[len(_FAILED) :].strip()}", op="dds_spawn"
+                    )
                 if line == "":  # EOF: the process is exiting
                     self.process.wait(5)
             if self.process.poll() is not None:
-                err = self.process.stderr.read() if self.process.stderr else ""
-                tail = err.strip().splitlines()[-1] if err.strip() else "no error output"
                 raise BackEndStartError(
-                    f"the DDS back end exited with status {self.process.returncode}: {tail}", op="dds_spawn"
+                    f"the DDS back end exited with status {self.process.returncode} (its error output is above)",
+                    op="dds_spawn",
                 )
 
     @property
@@ -172,9 +178,8 @@ class DdsProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         return self.process.returncode
 
     def __enter__(self) -> DdsProcess:
@@ -217,9 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_batch=args.max_batch,
             )
             print(_READY, flush=True)
+            # From here on stdout is the user's: send what offload code prints to stderr.
+            os.dup2(2, 1)
             back.serve()
     except (errors.DpdpuError, ImportError, AttributeError) as exc:
-        print(f"dpdpu dds back end: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{_FAILED}{type(exc).__name__}: {exc}", flush=True)
         return 1
     return 0
 
