@@ -404,3 +404,119 @@ def test_retrieve_into_a_preallocated_output_and_large_chunks(tmp_path: Path) ->
             s.retrieve(tokens, out=np.zeros(shape.token_shape(600), dtype=np.float32))
         with pytest.raises(KvShapeError):
             s.retrieve(tokens, out=np.zeros(shape.token_shape(1200), dtype=np.float16)[:, :, ::2])
+
+
+# --- lossy data, shared data directories, capacity and staging -------------------------------------
+
+
+@pytest.mark.parametrize("tier", ["dram", "disk"])
+def test_int8_keeps_a_chunk_with_inf_or_nan_raw(tmp_path: Path, tier: str) -> None:
+    tokens = list(range(8))
+    kv = kv_for(tokens)
+    kv[0, 0, 1, 0, 0] = np.inf  # chunk 0 only; its channel's other tokens are finite
+    kv[1, 1, 2, 1, 3] = np.nan
+    dram = 1 if tier == "disk" else None
+    with store(tmp_path, quantize="int8", dram_bytes=dram) as s:
+        assert s.store(tokens, kv) == 8
+        hit, out = s.retrieve(tokens)
+        assert hit == 8
+        # The chunk with inf/NaN comes back exact (finite values included), not as NaN.
+        np.testing.assert_array_equal(out[:, :, :C], kv[:, :, :C])
+        q = s.stats()["quantization"]
+        assert q["unquantized_chunks"] == 1 and np.isfinite(q["rms_error"])
+        err = np.abs(out[:, :, C:].astype(np.float32) - kv[:, :, C:].astype(np.float32))
+        assert 0 < err.max() <= q["max_abs_error"]
+
+
+def test_a_lossless_store_never_serves_int8_chunks_and_a_reopened_one_reports_their_error(tmp_path: Path) -> None:
+    tokens = list(range(8))
+    kv = kv_for(tokens)
+    with store(tmp_path, quantize="int8", dram_bytes=1) as s:  # straight to disk
+        assert s.store(tokens, kv) == 8
+        written = s.stats()["quantization"]["max_abs_error"]
+    assert written > 0
+    with store(tmp_path) as s:
+        assert s.lookup(tokens) == 0 and s.retrieve(tokens)[0] == 0
+        assert s.stats()["corrupt_dropped"] == 0 and "quantization" not in s.stats()
+    with store(tmp_path, quantize="int8") as s:  # the int8 chunks are still there, with their error
+        hit, out = s.retrieve(tokens)
+        assert hit == 8
+        q = s.stats()["quantization"]
+        assert q["max_abs_error"] == written
+        assert np.abs(out.astype(np.float32) - kv.astype(np.float32)).max() <= q["max_abs_error"]
+
+
+def test_models_sharing_a_data_dir_leave_each_others_chunks_alone(tmp_path: Path) -> None:
+    tokens = list(range(12))
+    kv = kv_for(tokens)
+    with store(tmp_path, dram_bytes=1) as s:
+        assert s.store(tokens, kv) == 12
+    other = ModelShape("other", layers=3, kv_heads=2, head_dim=8)
+    with KvStore(other, chunk_tokens=C, data_dir=tmp_path, dram_bytes=1, disk_bytes=2 * 8192) as s:
+        st = s.stats()
+        assert st["corrupt_dropped"] == 0 and st["disk"]["chunks"] == 0 and st["disk"]["bytes"] == 0
+        assert s.lookup(tokens) == 0
+        for i in range(4):  # fills its own room several times over: evicts only its own chunks
+            t = list(range(100 * i, 100 * i + C))
+            s.store(t, kv_for(t, other))
+        assert s.stats()["disk"]["chunks"] == 2
+    with store(tmp_path) as s:
+        hit, out = s.retrieve(tokens)
+        assert hit == 12 and np.array_equal(out, kv[:, :, :12]) and s.stats()["corrupt_dropped"] == 0
+
+
+def test_store_counts_only_what_stays_retrievable(tmp_path: Path) -> None:
+    a, b, c = ([n] * C for n in (1, 2, 3))
+    # One chunk of DRAM, one chunk's footprint (a header block and a payload block) of disk.
+    with store(tmp_path, dram_bytes=CHUNK_BYTES, disk_bytes=2 * 4096) as s:
+        assert s.store(a, kv_for(a)) == C and s.store(b, kv_for(b)) == C  # a demoted to disk
+        assert s.pin(a) == C and s.pin(b) == C
+        with pytest.raises(KvCapacityError, match="pinned"):
+            s.store(c, kv_for(c))  # neither tier has room
+        assert s.lookup(c) == 0 and s.stats()["stored_chunks"] == 2
+        s.unpin(b)
+        # Two chunks: the second pushes the first out of DRAM, and the pinned disk cannot take it.
+        two = [7] * (2 * C)
+        assert s.store(two, kv_for(two)) == s.lookup(two) == 0
+        s.unpin(a)
+        assert s.store(c, kv_for(c)) == C and s.lookup(c) == C
+
+
+def test_store_layer_staging_is_bounded_freed_and_shown() -> None:
+    with pytest.raises(errors.InvalidArgumentError):
+        KvStore(SHAPE, chunk_tokens=C, max_staged=0)
+    reqs = [list(range(100 * i, 100 * i + C)) for i in range(3)]
+    with store(None, max_staged=2) as s:
+        for t in reqs:  # layer 0 only: the rest never comes
+            assert s.store_layer(t, 0, kv_for(t)[0]) == 0
+        st = s.stats()["staged"]
+        assert st == {"requests": 2, "bytes": 2 * CHUNK_BYTES, "dropped": 1}
+        # The oldest was dropped: its remaining layers do not complete it.
+        assert s.store_layer(reqs[0], 1, kv_for(reqs[0])[1]) == 0
+        assert s.store_layer(reqs[0], 2, kv_for(reqs[0])[2]) == 0 and s.lookup(reqs[0]) == 0
+        # Staging it again dropped reqs[1]; reqs[2], still staged, completes.
+        assert s.store_layer(reqs[2], 1, kv_for(reqs[2])[1]) == 0
+        assert s.store_layer(reqs[2], 2, kv_for(reqs[2])[2]) == C
+        assert np.array_equal(s.retrieve(reqs[2])[1], kv_for(reqs[2]))
+        assert s.stats()["staged"] == {"requests": 1, "bytes": CHUNK_BYTES, "dropped": 2}
+        s.clear()
+        assert s.stats()["staged"] == {"requests": 0, "bytes": 0, "dropped": 2}
+
+
+def test_any_positive_disk_bytes_and_a_service_sized_from_it(tmp_path: Path) -> None:
+    tokens = list(range(8))
+    with store(tmp_path, disk_bytes=10**6 + 1, dram_bytes=1) as s:
+        assert s.store(tokens, kv_for(tokens)) == 8
+        assert s.stats()["disk"]["bytes"] == 2 * 2 * 4096  # each chunk: a header block and a payload block
+    # Sparse, but not inflated by the number of chunks a tiny model could have.
+    assert (tmp_path / "data.bdev").stat().st_size < 2 * 10**6
+    with pytest.raises(errors.InvalidArgumentError, match="disk_bytes"):
+        store(tmp_path / "zero", disk_bytes=0)
+
+
+def test_empty_token_arrays_are_empty() -> None:
+    with store(None) as s:
+        empties: list[Any] = [[], np.array([]), np.array([], dtype=np.uint8)]
+        for empty in empties:
+            assert s.lookup(empty) == 0 and s.retrieve(empty)[0] == 0
+            assert s.store(empty, np.zeros(SHAPE.token_shape(0), np.float16)) == 0

@@ -120,3 +120,40 @@ def test_cli_kv_sim(tmp_path: Path) -> None:
     assert res.exit_code == 0 and gen.exists() and "requests" in json.loads(gen.read_text())
     res = runner.invoke(main, ["kv-sim", "--model", "gpt-17"])
     assert res.exit_code != 0 and "unknown model" in res.output
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("t.json", b'{"requests": [{"t": "abc", "prompt": [{"ids": [1]}]}]}', "bad time"),
+        ("t.json", b'{"requests": [{"t": null, "prompt": [{"ids": [1]}]}]}', "bad time"),
+        ("t.json", b'{"requests": [{"t": NaN, "prompt": [{"ids": [1]}]}]}', "bad time"),
+        ("t.json", b'{"requests": [{"t": 0, "prompt": [{"ids": [1, 99999999999999999999]}]}]}', "64-bit"),
+        ("t.json", b'{"requests": [{"t": 0, "prompt": [{"stream": "s", "tokens": 100000000000}]}]}', "prompt tokens"),
+        ("t.json", b'\xff\xfe{"requests": []}', "not UTF-8"),
+        ("t.csv", b"t,session,prompt\n0,a\n", "bad CSV row"),
+        ("t.csv", b"t,session,prompt\nabc,a,s:4\n", "bad CSV row"),
+    ],
+)
+def test_cli_kv_sim_malformed_traces_are_usage_errors(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    res = CliRunner().invoke(main, ["kv-sim", str(path), "--model", MODEL, "--chunk-tokens", "4"])
+    assert res.exit_code == 2, res.output
+    assert "Error:" in res.output and message in res.output and "Traceback" not in res.output
+    assert isinstance(res.exception, SystemExit)  # click's clean exit, not an escaped exception
+
+
+def test_traces_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "t.csv").write_bytes(bom + b"t,session,prompt\n0,a,s:8\n1,a,s:12\n")
+    (tmp_path / "t.json").write_bytes(bom + json.dumps(hand_trace()).encode())
+    assert simulate(tmp_path / "t.csv", model=MODEL, chunk_tokens=4).hit_tokens == 8
+    assert simulate(tmp_path / "t.json", model=MODEL, chunk_tokens=4).hit_tokens == 20
+
+
+@pytest.mark.parametrize("option", ["--dram-gb", "--disk-gb"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_cli_kv_sim_rejects_negative_or_non_finite_sizes(option: str, value: str) -> None:
+    res = CliRunner().invoke(main, ["kv-sim", "--model", MODEL, option, value])
+    assert res.exit_code == 2 and "Error:" in res.output and option in res.output

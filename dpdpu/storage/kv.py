@@ -32,11 +32,27 @@ eviction policy (``lru`` or ``s3fifo``, :mod:`dpdpu.storage.kv_policies`);
 DRAM evictions are written to disk (demotion), disk evictions are dropped.
 A disk hit is copied into DRAM (promotion; the disk copy stays).  Chunks in
 use (being read, or pinned with :meth:`KvStore.pin`) are never evicted; when
-room is needed and every chunk is pinned, :class:`KvCapacityError`.
+a chunk being stored finds no room in either tier because every chunk is
+pinned, :class:`KvCapacityError` (so what :meth:`KvStore.store` counts is
+always retrievable afterwards).  A disk chunk is charged its header and its
+payload in whole blocks; any positive ``disk_bytes`` works (the file service is
+that size rounded up to a block).
+
+**Layer-wise stores** (:meth:`KvStore.store_layer`) stage a request's layers
+until the last arrives; at most ``max_staged`` requests are staged (the oldest
+is dropped to admit another), :meth:`KvStore.clear` and :meth:`KvStore.close`
+free them, and :meth:`KvStore.stats` shows them.
 Optionally each tier compresses layer segments with a codec of the family,
-and ``quantize="int8"`` keeps chunks as int8 with per-channel scales (its
-error is in :meth:`KvStore.stats`).  Disk chunks carry CRC-32C checksums: a
-corrupt chunk is a miss, and is dropped.
+and ``quantize="int8"`` keeps chunks as int8 with per-channel scales.  A chunk
+holding a non-finite value (inf, NaN) is kept raw instead, since one such value
+would spoil its channel's scale.  The error is in :meth:`KvStore.stats`: the
+largest over every chunk the store holds or held, the ones found on disk at
+open included (each disk chunk records its own).  Disk chunks carry CRC-32C
+checksums: a corrupt chunk is a miss, and is dropped.  Each store
+configuration (model qualification, chunk size, lossless or ``int8``) keeps its
+chunks in a directory of its own (:mod:`dpdpu.storage.kv_disk`), so several
+models share a data directory without touching each other's chunks, and a
+lossless store never finds lossy ones.
 
 **Durability**: chunk files become durable at :meth:`KvStore.flush` and
 :meth:`KvStore.close`; a reopened store finds them (their headers are read
@@ -85,6 +101,7 @@ __all__ = [
 
 DEFAULT_CHUNK_TOKENS = 256
 DEFAULT_DISK_BYTES = 4 << 30
+DEFAULT_MAX_STAGED = 8
 _PARALLEL_COPY_BYTES = 16 << 20
 
 
@@ -119,6 +136,7 @@ class KvStore:
         layer_range, tp_rank, tp_size: which part of the model this store
             holds; part of every key.
         promote_on_hit: copy disk hits into DRAM.
+        max_staged: requests :meth:`store_layer` stages at once (the oldest is dropped beyond).
     """
 
     def __init__(
@@ -140,6 +158,7 @@ class KvStore:
         tp_rank: int = 0,
         tp_size: int = 1,
         promote_on_hit: bool = True,
+        max_staged: int = DEFAULT_MAX_STAGED,
     ) -> None:
         if not isinstance(model, ModelShape):
             raise errors.InvalidArgumentError(f"model must be a ModelShape, not {type(model).__name__}")
@@ -150,6 +169,10 @@ class KvStore:
                 raise errors.InvalidArgumentError(f"{name} must be one of {', '.join(CODECS)} or None, not {codec!r}")
         if quantize not in (None, "int8"):
             raise errors.InvalidArgumentError(f"quantize must be None or 'int8', not {quantize!r}")
+        if isinstance(max_staged, bool) or not isinstance(max_staged, int) or max_staged <= 0:
+            raise errors.InvalidArgumentError(f"max_staged must be a positive integer, not {max_staged!r}")
+        if data_dir is not None and (isinstance(disk_bytes, bool) or int(disk_bytes) <= 0):
+            raise errors.InvalidArgumentError(f"disk_bytes must be positive, not {disk_bytes!r}")
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.runtime = runtime
@@ -173,7 +196,9 @@ class KvStore:
         self._dram_used = 0
         self._disk_used = 0
         self._pins: Counter[bytes] = Counter()
+        # Insertion-ordered, so the oldest staged request is the first to drop.
         self._staged: dict[bytes, tuple[np.ndarray[Any, Any], set[int]]] = {}
+        self.max_staged = max_staged
         self._counters: Counter[str] = Counter()
         self._seconds: dict[str, float] = {_DRAM: 0.0, _DISK: 0.0}
         self._quant_max = 0.0
@@ -184,15 +209,22 @@ class KvStore:
         self._copier = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dpdpu-kv-copy")
         self._disk_tier: DiskTier | None = None
         if data_dir is not None:
-            self._disk_tier = DiskTier(data_dir, model, self.disk_capacity, profile, chunk_tokens)
+            self._disk_tier = DiskTier(
+                data_dir, model, self.disk_capacity, profile, chunk_tokens, root=self._root, rep=self.rep
+            )
             found, bad = self._disk_tier.scan()
             self._counters["corrupt_dropped"] += bad
             for chunk in found:
-                if chunk.tokens != chunk_tokens or self._disk_used + chunk.nbytes > self.disk_capacity:
-                    continue  # another chunk size (or too many chunks): not usable by this store
+                if self._disk_used + chunk.footprint > self.disk_capacity:
+                    # Opened with less room than before: this store's own chunks beyond it go.
+                    self._disk_tier.delete(chunk)
+                    self._counters["disk_evictions"] += 1
+                    continue
                 self._disk[chunk.key] = chunk
-                self._disk_policy.insert(chunk.key, chunk.nbytes)
-                self._disk_used += chunk.nbytes
+                self._disk_policy.insert(chunk.key, chunk.footprint)
+                self._disk_used += chunk.footprint
+                # Served as this store's own: their error counts in the reported one.
+                self._count_quant(chunk.quant_error, chunk.tokens)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -230,12 +262,11 @@ class KvStore:
             raise KvShapeError(f"kv shape {arr.shape} does not match [layers, 2, tokens, kv_heads, head_dim] = {shape}")
         return arr
 
-    def _count_quant(self, enc: Encoded) -> None:
-        if enc.quant_error is not None:
-            n = enc.tokens
-            self._quant_max = max(self._quant_max, enc.quant_error[0])
-            self._quant_sq += enc.quant_error[1] ** 2 * n
-            self._quant_n += n
+    def _count_quant(self, error: tuple[float, float] | None, tokens: int) -> None:
+        if error is not None:
+            self._quant_max = max(self._quant_max, error[0])
+            self._quant_sq += error[1] ** 2 * tokens
+            self._quant_n += tokens
 
     # --- store --------------------------------------------------------------------------------
 
@@ -243,13 +274,15 @@ class KvStore:
         """Store the KV of every full chunk of ``tokens``; returns how many tokens were newly stored.
 
         ``kv`` covers every token of ``tokens`` (``[layers, 2, len(tokens), heads, dim]``);
-        chunks already cached are left alone.
+        chunks already cached are left alone.  The count covers only new chunks of the prefix
+        still held when it returns (what a lookup then finds); :class:`KvCapacityError` when a
+        chunk finds no room in any tier (all pinned).
         """
         self._check_open()
         arr_tokens = as_tokens(tokens)
         arr = self._as_kv(kv, len(arr_tokens))
         keys = self.keys(arr_tokens)
-        new = 0
+        added: list[bytes] = []
         c = self.chunk_tokens
         with self._ctx():
             for i, key in enumerate(keys):
@@ -259,15 +292,25 @@ class KvStore:
                 chunk = np.array(arr[:, :, i * c : (i + 1) * c], copy=True, order="C")
                 enc = encode(chunk, self.model, rep=self.rep, codec=self.dram_codec)
                 if self._put(key, enc):
-                    new += c
-        return new
+                    added.append(key)
+        # A later chunk may have pushed an earlier one out of both tiers (every disk chunk pinned), and
+        # a lookup stops at the first missing chunk: only new chunks of the prefix still held count.
+        with self._lock:
+            prefix = set()
+            for key in keys:
+                if key not in self._dram and key not in self._demoting and key not in self._disk:
+                    break
+                prefix.add(key)
+        return sum(c for key in added if key in prefix)
 
     def _put(self, key: bytes, enc: Encoded) -> bool:
         """Insert a chunk into DRAM (demoting what must go), or straight to disk if DRAM cannot hold it."""
         with self._lock:
             if key in self._dram or key in self._demoting:
                 return False
-            self._count_quant(enc)
+            self._count_quant(enc.quant_error, enc.tokens)
+            if enc.rep != self.rep:
+                self._counters["unquantized_chunks"] += 1
             self._counters["stored_chunks"] += 1
             if enc.nbytes > self.dram_capacity:
                 if self._disk_tier is None:
@@ -292,7 +335,12 @@ class KvStore:
                 # No room in DRAM (the chunk is too large, or every chunk is pinned for now): straight to disk.
                 self._demoting[key] = enc
                 to_disk.append((key, enc))
-        self._demote(to_disk)
+        why = self._demote(to_disk).get(key)
+        if why is not None:
+            # Neither tier could take it: counting it as stored would promise a hit that never comes.
+            with self._lock:
+                self._counters["stored_chunks"] -= 1
+            raise KvCapacityError(f"no tier can hold a chunk of {enc.nbytes} bytes: {why}")
         return True
 
     def _make_dram_room(self, nbytes: int) -> tuple[list[tuple[bytes, Encoded]], bool]:
@@ -311,44 +359,66 @@ class KvStore:
                 out.append((victim, enc))
         return out, True
 
-    def _demote(self, chunks: list[tuple[bytes, Encoded]]) -> None:
-        """Write chunks evicted from DRAM to disk (outside the lock: they stay readable meanwhile)."""
+    def _demote(self, chunks: list[tuple[bytes, Encoded]]) -> dict[bytes, str]:
+        """Write chunks evicted from DRAM to disk (outside the lock: they stay readable meanwhile).
+
+        Returns the keys dropped for want of room, each with why.
+        """
         disk = self._disk_tier
+        dropped_keys: dict[bytes, str] = {}
         for key, enc in chunks:
             assert disk is not None
+            reserved = 0
             try:
-                nbytes = enc.nbytes if self.disk_codec is None else sum(enc.raw_lens) or enc.nbytes
-                with self._lock:
-                    dropped = self._make_disk_room(nbytes)
-                for chunk in dropped:
-                    disk.delete(chunk)
-                if nbytes > self.disk_capacity:
-                    raise KvCapacityError("chunk larger than the storage tier")
+                # Compressed (if so configured) before room is made: the exact footprint is charged.
                 with self._ctx():
-                    written = disk.write(key, enc, self.disk_codec)
-            except KvCapacityError:
-                # Every disk chunk is pinned: the demoted chunk is dropped (it is a cache).
+                    chunk, buffers = disk.prepare(key, enc, self.disk_codec)
+                if chunk.footprint > self.disk_capacity:
+                    raise KvCapacityError(
+                        f"it takes {chunk.footprint} bytes on disk, more than the storage tier ({self.disk_capacity})"
+                    )
                 with self._lock:
+                    dropped = self._make_disk_room(chunk.footprint)
+                    # Reserved now, not once written: concurrent demotions must not count the same room.
+                    self._disk_used += chunk.footprint
+                    reserved = chunk.footprint
+                for old in dropped:
+                    disk.delete(old)
+                with self._ctx():
+                    written = disk.write(chunk, buffers)
+            except (KvCapacityError, errors.DeviceFullError) as exc:
+                # No room (every disk chunk pinned, or the service filled by other stores): the demoted
+                # chunk is dropped (it is a cache).
+                if reserved:
+                    disk.delete(chunk)  # a partly written file would only show as corrupt at the next open
+                with self._lock:
+                    self._disk_used -= reserved
                     self._demoting.pop(key, None)
                     self._counters["demotions_dropped"] += 1
+                dropped_keys[key] = str(exc)
                 continue
+            except BaseException:
+                with self._lock:
+                    self._disk_used -= reserved
+                    self._demoting.pop(key, None)
+                raise
             with self._lock:
                 self._demoting.pop(key, None)
                 self._disk[key] = written
-                self._disk_policy.insert(key, written.nbytes)
-                self._disk_used += written.nbytes
+                self._disk_policy.insert(key, written.footprint)
                 self._counters["demotions"] += 1
                 self._counters["disk_bytes_written"] += written.nbytes
+        return dropped_keys
 
     def _make_disk_room(self, nbytes: int) -> list[DiskChunk]:
         out = []
         while self._disk_used + nbytes > self.disk_capacity:
             victim = self._disk_policy.victim(lambda k: self._pins[k] == 0)  # type: ignore[index]
             if victim is None:
-                raise KvCapacityError(f"the storage tier has no room for {nbytes} bytes: every chunk is pinned")
+                raise KvCapacityError(f"the storage tier has no room for {nbytes} bytes: every chunk in it is pinned")
             assert isinstance(victim, bytes)
             chunk = self._disk.pop(victim)
-            self._disk_used -= chunk.nbytes
+            self._disk_used -= chunk.footprint
             self._counters["disk_evictions"] += 1
             out.append(chunk)
         return out
@@ -371,13 +441,20 @@ class KvStore:
         with self._lock:
             staged = self._staged.get(keys[-1])
             if staged is None:
+                # A request whose remaining layers never come must not hold its buffer forever.
+                while len(self._staged) >= self.max_staged:
+                    del self._staged[next(iter(self._staged))]
+                    self._counters["staged_dropped"] += 1
                 staged = (np.empty(self.model.token_shape(full), dtype=self.model.np_dtype), set())
                 self._staged[keys[-1]] = staged
             buf, done = staged
         buf[layer] = one[:, :full]
         with self._lock:
             done.add(layer)
-            complete = len(done) == self.model.layers and self._staged.pop(keys[-1], None) is not None
+            # Identity check: the entry may have been dropped (and another staged under the key) meanwhile.
+            complete = len(done) == self.model.layers and self._staged.get(keys[-1]) is staged
+            if complete:
+                del self._staged[keys[-1]]
         return self.store(arr_tokens[:full], buf) if complete else 0
 
     def _as_kv_layer(self, kv_layer: Any, ntokens: int) -> np.ndarray[Any, Any]:
@@ -434,7 +511,7 @@ class KvStore:
             if self._disk.get(key) is chunk:
                 del self._disk[key]
                 self._disk_policy.remove(key)
-                self._disk_used -= chunk.nbytes
+                self._disk_used -= chunk.footprint
             self._counters["corrupt_dropped"] += 1
         assert self._disk_tier is not None
         self._disk_tier.delete(chunk)
@@ -676,9 +753,10 @@ class KvStore:
         return self._remove(self.keys(tokens))
 
     def clear(self) -> int:
-        """Remove every unpinned chunk from both tiers; returns how many were removed."""
+        """Remove every unpinned chunk from both tiers and drop staged layers; returns the chunks removed."""
         self._check_open()
         with self._lock:
+            self._staged.clear()
             keys = list({*self._dram, *self._disk})
         return self._remove(keys)
 
@@ -698,7 +776,7 @@ class KvStore:
                 chunk = self._disk.pop(key, None)
                 if chunk is not None:
                     self._disk_policy.remove(key)
-                    self._disk_used -= chunk.nbytes
+                    self._disk_used -= chunk.footprint
                     files.append(chunk)
                     hit = True
                 removed += hit
@@ -744,9 +822,19 @@ class KvStore:
             for key in ("stored_chunks", "demotions", "demotions_dropped", "promotions", "corrupt_dropped"):
                 out[key] = c.get(key, 0)
             out["prefetched_chunks"] = c.get("prefetched_chunks", 0)
+            out["staged"] = {
+                "requests": len(self._staged),
+                "bytes": sum(buf.nbytes for buf, _ in self._staged.values()),
+                "dropped": c.get("staged_dropped", 0),
+            }
             if self.rep == "int8":
                 rms = (self._quant_sq / self._quant_n) ** 0.5 if self._quant_n else 0.0
-                out["quantization"] = {"mode": "int8", "max_abs_error": self._quant_max, "rms_error": rms}
+                out["quantization"] = {
+                    "mode": "int8",
+                    "max_abs_error": self._quant_max,
+                    "rms_error": rms,
+                    "unquantized_chunks": c.get("unquantized_chunks", 0),
+                }
         return out
 
     def flush(self) -> None:
@@ -760,6 +848,7 @@ class KvStore:
             if self._closed:
                 return
             self._closed = True
+            self._staged.clear()
         self._pool.shutdown(wait=True)
         self._copier.shutdown(wait=True)
         if self._disk_tier is not None:

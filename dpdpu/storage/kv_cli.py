@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from ..runtime.profile import builtin_profiles
 from .kv_policies import POLICIES
-from .kv_sim import MODELS, generate_trace, simulate
+from .kv_sim import MODELS, TraceError, generate_trace, load_trace, simulate
 
 __all__ = ["kv_sim"]
 
@@ -44,8 +45,10 @@ def _gb(nbytes: float) -> str:
     "--prefill-tokens-per-s", type=float, default=8000.0, show_default=True, help="Prefill throughput of the GPU."
 )
 @click.option("--chunk-tokens", type=int, default=256, show_default=True, help="Tokens per KV chunk.")
-@click.option("--dram-gb", type=float, default=None, help="DRAM tier size (default: the profile's memory).")
-@click.option("--disk-gb", type=float, default=256.0, show_default=True, help="Storage tier size.")
+@click.option(
+    "--dram-gb", type=click.FloatRange(min=0), default=None, help="DRAM tier size (default: the profile's memory)."
+)
+@click.option("--disk-gb", type=click.FloatRange(min=0), default=256.0, show_default=True, help="Storage tier size.")
 @click.option("--policy", type=click.Choice(POLICIES), default="lru", show_default=True, help="Eviction policy.")
 @click.option("--generate", "generate", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write a generated trace to this path (and replay it unless TRACE is given).")  # fmt: skip
@@ -75,6 +78,10 @@ def kv_sim(
     """
     if chunk_tokens <= 0:
         raise click.BadParameter("must be positive", param_hint="--chunk-tokens")
+    # FloatRange lets nan and inf through (they compare false with its bounds).
+    for hint, value in (("--dram-gb", dram_gb), ("--disk-gb", disk_gb)):
+        if value is not None and not math.isfinite(value):
+            raise click.BadParameter("must be a finite number", param_hint=hint)
     if generate is not None:
         data = generate_trace(seed, conversations=conversations)
         generate.write_text(json.dumps(data, separators=(",", ":")) + "\n")
@@ -82,8 +89,13 @@ def kv_sim(
             click.echo(f"wrote {len(data['requests'])} requests to {generate}")
         if trace is None:
             trace = generate
+    try:
+        requests = load_trace(trace)
+    except TraceError as exc:
+        # A malformed file is a usage error: the message names what is wrong, no traceback.
+        raise click.BadParameter(str(exc), param_hint="TRACE") from exc
     report = simulate(
-        trace,
+        requests,
         device=device,
         model=model,
         prefill_tokens_per_s=prefill_tokens_per_s,

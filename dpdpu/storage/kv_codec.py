@@ -9,6 +9,8 @@ full chunk of tokens.  Its *layer segment* ``l`` is the bytes of layer ``l``:
   channel: the largest magnitude over the chunk's tokens over 127).  Reading
   back gives ``q * scale`` rounded to the model dtype, so the error of an
   element is at most half its channel's scale plus the dtype's rounding.
+  A chunk holding a non-finite value (inf, NaN) is encoded ``raw`` instead:
+  its channel's scale would be inf or NaN, turning finite values into NaN.
 
 A tier may further compress each segment with a codec of the family
 (``lz4``, ``zstd``, ``deflate``) through :func:`dpdpu.compute.compress`, so
@@ -105,6 +107,9 @@ def encode(chunk: np.ndarray[Any, Any], model: ModelShape, *, rep: str = "raw", 
             return Encoded("raw", None, tokens, array=chunk)
         raw = [chunk[layer].tobytes() for layer in range(model.layers)]
         quant = None
+    elif rep == "int8" and not np.isfinite(_to_f32(chunk, model)).all():
+        # Kept exact rather than spoiled (see the module docstring); the caller sees ``rep == "raw"``.
+        return encode(chunk, model, rep="raw", codec=codec)
     elif rep == "int8":
         raw, quant = _quantize(chunk, model)
     else:

@@ -1,12 +1,21 @@
 """The storage tier of the KV cache: one file per chunk in a :class:`FileService`.
 
-A chunk lives in the file ``kv/<key hex>``.  Its first ``header_bytes``
+A chunk lives in the file ``kv/<root hex>-<chunk tokens>-<rep>/<key hex>``:
+each store configuration (model qualification, chunk size, and whether it
+quantizes) has a directory of its own, so stores of several models (or a
+lossless and an ``int8`` store) share a data directory without seeing, counting
+or deleting each other's chunks, and a lossless store never serves lossy data.
+A chunk's first ``header_bytes``
 (a multiple of the service's block size, so the payload starts on a block)
 hold a fixed part ``<4sIIII``: magic ``DPKV``, format version, header bytes,
-JSON length and the CRC-32C of the JSON; then the JSON: key, representation,
-codec, tokens, and per layer segment its stored length, uncompressed length
-and CRC-32C.  The payload is the layer segments one after the other (see
-:mod:`dpdpu.storage.kv_codec`).
+JSON length and the CRC-32C of the JSON; then the JSON: key, root, representation,
+codec, tokens, the int8 quantization error (``null`` for raw data), and per
+layer segment its stored length, uncompressed length and CRC-32C.  The payload
+is the layer segments one after the other (see :mod:`dpdpu.storage.kv_codec`).
+
+A chunk occupies its header and its payload rounded up to whole blocks (its
+:attr:`DiskChunk.footprint`); the store charges that against ``disk_bytes``,
+and the file service is sized from ``disk_bytes`` (rounded up to a block).
 
 Every segment is checked against its CRC-32C as it is read; a mismatch (or a
 bad header, or a short file) raises :class:`KvCorruptError`, and the store
@@ -41,9 +50,11 @@ from .kv_keys import ModelShape
 __all__ = ["DiskChunk", "DiskTier", "KvCorruptError"]
 
 _MAGIC = b"DPKV"
-_VERSION = 1
+_VERSION = 2
 _FIXED = struct.Struct("<4sIIII")
 _DIR = "kv"
+#: Raw chunks the file service has room for beyond the store's capacity (see :class:`DiskTier`).
+_HEADROOM_CHUNKS = 8
 
 
 class _LayerCheck:
@@ -94,6 +105,12 @@ class DiskChunk:
     lens: list[int]
     raw_lens: list[int]
     crcs: list[int]
+    #: the file's name in the service
+    path: str
+    #: the service's block size (files occupy whole blocks)
+    block: int
+    #: (max abs error, RMS error) of an int8 chunk, ``None`` for raw data
+    quant_error: tuple[float, float] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -101,9 +118,9 @@ class DiskChunk:
         return sum(self.lens)
 
     @property
-    def path(self) -> str:
-        """The file's name in the service."""
-        return f"{_DIR}/{self.key.hex()}"
+    def footprint(self) -> int:
+        """Bytes of the service the file occupies: its header and its payload in whole blocks."""
+        return self.header_bytes + -(-self.nbytes // self.block) * self.block
 
     def offset(self, layer: int) -> int:
         """File offset of a layer segment."""
@@ -120,34 +137,43 @@ class DiskTier:
         capacity: int,
         device: str | Profile | None,
         chunk_tokens: int = 256,
+        *,
+        root: bytes,
+        rep: str = "raw",
     ) -> None:
         self.model = model
+        self.root = root
+        self.rep = rep
+        self.chunk_tokens = chunk_tokens
+        self.dir = f"{_DIR}/{root.hex()}-{chunk_tokens}-{rep}"
         existing = (Path(data_dir) / "data.bdev").exists()
         # Large chunks read best in large blocks; small ones would waste most of a large block.
         block = 65536 if model.bytes_per_token * chunk_tokens >= (16 << 20) else 4096
-        # The service's device file is sparse, so generous room costs nothing: twice the payload for
-        # partly used blocks, plus a header block and a partial block for chunks as small as 1/16 of
-        # a raw chunk (compressed or quantized ones are smaller than raw).
-        smallest = max(1, chunk_tokens * model.bytes_per_token // 16)
-        fs_capacity = 2 * capacity + (capacity // smallest + 1) * 2 * block + (16 << 20)
+        # The store charges each chunk's footprint in whole blocks, so ``capacity`` rounded up to a
+        # block is what its chunks take.  Headroom for a few raw chunks more: a file deleted to make
+        # room frees its blocks only once the deletion commits, which concurrent writers may not
+        # see in time.  An existing service keeps its own size.
+        raw_chunk = block + -(-model.bytes_per_token * chunk_tokens // block) * block
+        fs_capacity = max(1, -(-capacity // block)) * block + _HEADROOM_CHUNKS * raw_chunk
         self.fs = FileService(data_dir, capacity=None if existing else fs_capacity, block_size=block, device=device)
-        self.fs.mkdir(_DIR, exist_ok=True)
+        self.fs.mkdir(self.dir, parents=True, exist_ok=True)
 
     def scan(self) -> tuple[list[DiskChunk], int]:
         """The chunks already on disk (from an earlier run), and how many bad files were dropped."""
         found: list[DiskChunk] = []
         bad = 0
-        for name in sorted(self.fs.listdir(_DIR)):
+        # Only this configuration's directory: other models' chunks are none of this store's business.
+        for name in sorted(self.fs.listdir(self.dir)):
             try:
                 key = bytes.fromhex(name)
                 found.append(self._read_header(key))
             except (ValueError, KvCorruptError, errors.StorageError):
                 bad += 1
-                self._delete(f"{_DIR}/{name}")
+                self._delete(f"{self.dir}/{name}")
         return found, bad
 
     def _read_header(self, key: bytes) -> DiskChunk:
-        path = f"{_DIR}/{key.hex()}"
+        path = f"{self.dir}/{key.hex()}"
         head = self.fs.read(path, 0, 4096).result()
         if len(head) < _FIXED.size:
             raise KvCorruptError(f"chunk {key.hex()}: header cut short")
@@ -159,18 +185,44 @@ class DiskTier:
         raw = head[_FIXED.size : _FIXED.size + json_len]
         if len(raw) != json_len or codecs.crc32c(raw) != json_crc:
             raise KvCorruptError(f"chunk {key.hex()}: header fails its checksum")
-        meta = json.loads(raw)
-        chunk = DiskChunk(
-            key, meta["rep"], meta["codec"], meta["tokens"], header_bytes, meta["lens"], meta["raw_lens"], meta["crcs"]
-        )
-        if meta["key"] != key.hex() or len(chunk.lens) != self.model.layers:
+        try:
+            meta = json.loads(raw)
+            quant = meta["quant_error"]
+            chunk = DiskChunk(
+                key,
+                meta["rep"],
+                meta["codec"],
+                meta["tokens"],
+                header_bytes,
+                meta["lens"],
+                meta["raw_lens"],
+                meta["crcs"],
+                path,
+                self.fs.block_size,
+                None if quant is None else (float(quant[0]), float(quant[1])),
+            )
+            ok = (
+                meta["key"] == key.hex()
+                and meta["root"] == self.root.hex()
+                and len(chunk.lens) == self.model.layers
+                and chunk.tokens == self.chunk_tokens
+                # a lossless store holds raw chunks only; an int8 one also raw chunks it could not quantize
+                and chunk.rep in ("raw", self.rep)
+                and (chunk.rep == "raw") == (chunk.quant_error is None)
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise KvCorruptError(f"chunk {key.hex()}: malformed header") from exc
+        if not ok:
             raise KvCorruptError(f"chunk {key.hex()}: header names another chunk or shape")
         if self.fs.stat(path).size < header_bytes + chunk.nbytes:
             raise KvCorruptError(f"chunk {key.hex()}: file cut short")
         return chunk
 
-    def write(self, key: bytes, enc: Encoded, codec: str | None) -> DiskChunk:
-        """Write a chunk (compressing its segments with ``codec``); returns where it is."""
+    def prepare(self, key: bytes, enc: Encoded, codec: str | None) -> tuple[DiskChunk, list[Any]]:
+        """The chunk file for ``enc`` (its segments compressed with ``codec``): where it will be, and its buffers.
+
+        Nothing is written: the caller makes room for the exact :attr:`DiskChunk.footprint` first.
+        """
         raw = layer_segments(enc, self.model)
         raw_lens = [len(memoryview(s).cast("B")) for s in raw]
         if codec is None or enc.codec == codec:
@@ -179,18 +231,25 @@ class DiskTier:
             segs = [codecs.compress(s, codec) for s in raw]
         lens = [len(memoryview(s).cast("B")) for s in segs]
         crcs = [codecs.crc32c(s) for s in segs]
-        meta: dict[str, Any] = {"key": key.hex(), "rep": enc.rep, "codec": codec, "tokens": enc.tokens}
-        meta.update(lens=lens, raw_lens=raw_lens, crcs=crcs)
+        quant = None if enc.rep == "raw" or enc.quant_error is None else list(enc.quant_error)
+        meta: dict[str, Any] = {"key": key.hex(), "root": self.root.hex(), "rep": enc.rep, "codec": codec}
+        meta.update(tokens=enc.tokens, quant_error=quant, lens=lens, raw_lens=raw_lens, crcs=crcs)
         body = json.dumps(meta, separators=(",", ":")).encode()
         block = self.fs.block_size
         header_bytes = -(-(_FIXED.size + len(body)) // block) * block
         header = bytearray(header_bytes)
         _FIXED.pack_into(header, 0, _MAGIC, _VERSION, header_bytes, len(body), codecs.crc32c(body))
         header[_FIXED.size : _FIXED.size + len(body)] = body
-        path = f"{_DIR}/{key.hex()}"
-        self.fs.create(path, exist_ok=True)
-        self.fs.writev(path, 0, [header, *segs]).result()
-        return DiskChunk(key, enc.rep, codec, enc.tokens, header_bytes, lens, raw_lens, crcs)
+        path = f"{self.dir}/{key.hex()}"
+        qe = None if quant is None else (quant[0], quant[1])
+        chunk = DiskChunk(key, enc.rep, codec, enc.tokens, header_bytes, lens, raw_lens, crcs, path, block, qe)
+        return chunk, [header, *segs]
+
+    def write(self, chunk: DiskChunk, buffers: list[Any]) -> DiskChunk:
+        """Write a chunk :meth:`prepare` gave; returns it."""
+        self.fs.create(chunk.path, exist_ok=True)
+        self.fs.writev(chunk.path, 0, buffers).result()
+        return chunk
 
     def read_into(self, chunk: DiskChunk, dst: np.ndarray[Any, Any], layer: int | None = None) -> None:
         """Read the chunk (or one ``layer``) into ``dst``, checking every segment; :class:`KvCorruptError` if bad."""

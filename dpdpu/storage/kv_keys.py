@@ -106,6 +106,9 @@ def as_tokens(tokens: Any) -> np.ndarray[Any, np.dtype[np.int64]]:
         raise TokenError(f"tokens must be a 1-D sequence of integers, not {type(tokens).__name__}")
     if arr.ndim != 1:
         raise TokenError(f"tokens must be 1-D, not of shape {arr.shape}")
+    if arr.size == 0:
+        # ``np.array([])`` is float64 only because numpy defaults empty arrays to it: no tokens, as ``[]``.
+        return np.zeros(0, dtype="<i8")
     if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
         raise TokenError(f"tokens must be integers, not {arr.dtype}")
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= 1 << 63:

@@ -42,7 +42,10 @@ tokens shares its prefix); ``{"ids": [...]}`` gives token ids outright.
 ``output_tokens`` are informational (the generator grows a chat's history
 by its user and output tokens).  CSV traces (``t,session,prompt``) are
 accepted too, ``prompt`` being spans ``NAME:N`` separated by ``+``
-(``0.5,chat-0,system-1:1024+chat-0:300``).
+(``0.5,chat-0,system-1:1024+chat-0:300``).  Traces are UTF-8 (a byte order
+mark is allowed); ``t`` is a finite number, ids fit in 64 bits, and a request
+has at most :data:`MAX_REQUEST_TOKENS` tokens (anything else is a
+:class:`TraceError`).
 
 :func:`generate_trace` writes multi-turn chats sharing a few system prompts;
 ``dpdpu/storage/traces/chat-small.json`` ships (seed 7).
@@ -69,6 +72,7 @@ from .kv_keys import ModelShape, chunk_keys, root_key
 from .kv_policies import make_policy
 
 __all__ = [
+    "MAX_REQUEST_TOKENS",
     "MODELS",
     "SHIPPED_TRACE",
     "KvSimReport",
@@ -89,6 +93,10 @@ MODELS: dict[str, ModelShape] = {
 }
 SHIPPED_TRACE = "chat-small.json"
 _VOCAB = 32000
+#: Most prompt tokens of one trace request: far beyond any model's context, yet the
+#: request's token ids (8 bytes each) still fit in memory.
+MAX_REQUEST_TOKENS = 1 << 24
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 class TraceError(errors.InvalidArgumentError):
@@ -139,21 +147,41 @@ def trace_tokens(
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _validate(data: Any, where: str) -> list[dict[str, Any]]:
     if not isinstance(data, dict) or not isinstance(data.get("requests"), list):
         raise TraceError(f"{where}: a trace is a JSON object with a list of requests")
+    lo, hi = _INT64
     out = []
     for i, req in enumerate(data["requests"]):
         if not isinstance(req, dict) or not isinstance(req.get("prompt"), list):
             raise TraceError(f"{where}: request {i} needs a prompt (a list of spans)")
+        tokens = 0
         for span in req["prompt"]:
-            ok = isinstance(span, dict) and (
-                ("ids" in span and isinstance(span["ids"], list) and all(isinstance(t, int) for t in span["ids"]))
-                or ("stream" in span and isinstance(span.get("tokens"), int) and span["tokens"] >= 0)
-            )
+            if isinstance(span, dict) and "ids" in span:
+                ids = span["ids"]
+                ok = isinstance(ids, list) and all(_is_int(t) and lo <= t <= hi for t in ids)
+                n = len(ids) if ok else 0
+            else:
+                ok = isinstance(span, dict) and "stream" in span and _is_int(span.get("tokens"))
+                n = span["tokens"] if ok else 0
+                ok = ok and n >= 0
             if not ok:
-                raise TraceError(f"{where}: request {i} has a bad span {span!r}")
-        out.append({"t": float(req.get("t", i)), **{k: v for k, v in req.items() if k != "t"}})
+                raise TraceError(f"{where}: request {i} has a bad span {span!r} (ids must be 64-bit integers)")
+            tokens += n
+            if tokens > MAX_REQUEST_TOKENS:
+                raise TraceError(f"{where}: request {i} has more than {MAX_REQUEST_TOKENS} prompt tokens")
+        t = req.get("t", i)
+        try:
+            ok = isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(float(t))
+        except OverflowError:
+            ok = False
+        if not ok:
+            raise TraceError(f"{where}: request {i} has a bad time {t!r} (a finite number of seconds)")
+        out.append({"t": float(t), **{k: v for k, v in req.items() if k != "t"}})
     out.sort(key=lambda r: r["t"])  # stable: equal times keep file order
     return out
 
@@ -165,24 +193,32 @@ def load_trace(path: str | Path | None = None) -> list[dict[str, Any]]:
         return _validate(json.loads(text), SHIPPED_TRACE)
     p = Path(path)
     try:
-        text = p.read_text()
+        # ``utf-8-sig``: editors on Windows start UTF-8 files with a byte order mark.
+        text = p.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise TraceError(f"cannot read trace {p}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if p.suffix.lower() == ".csv":
         reqs = []
-        for row in csv.DictReader(text.splitlines()):
+        try:
+            rows = list(csv.DictReader(text.splitlines(), skipinitialspace=True))
+        except csv.Error as exc:
+            raise TraceError(f"{p}: not CSV: {exc}") from exc
+        for row in rows:
             try:
                 spans = [
-                    {"stream": s.rsplit(":", 1)[0], "tokens": int(s.rsplit(":", 1)[1])}
+                    {"stream": s.rsplit(":", 1)[0].strip(), "tokens": int(s.rsplit(":", 1)[1])}
                     for s in row["prompt"].split("+")
                 ]
                 reqs.append({"t": float(row["t"]), "session": row.get("session", ""), "prompt": spans})
-            except (KeyError, ValueError, IndexError) as exc:
+            except (KeyError, ValueError, IndexError, AttributeError, TypeError) as exc:
+                # (a short row has None for its missing fields)
                 raise TraceError(f"{p}: bad CSV row {row!r}") from exc
         return _validate({"requests": reqs}, str(p))
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer of too many digits
         raise TraceError(f"{p}: not JSON: {exc}") from exc
     return _validate(data, str(p))
 
