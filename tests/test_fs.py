@@ -414,3 +414,44 @@ def test_damaged_journal_header_is_detected(tmp_path: Path) -> None:
     _flip(root / JOURNAL_NAME, 10)
     with pytest.raises(errors.JournalCorruptError, match="header"):
         FileService(root)
+
+
+def test_finished_io_leaves_no_buffer_exported(tmp_path: Path) -> None:
+    # A bytearray cannot be resized while anything still exports its buffer.
+    with FileService(tmp_path / "svc", capacity=16 * 4096, block_size=4096) as fs:
+        fs.create("f")
+        ok = bytearray(b"a" * 8192)
+        fs.write("f", 0, memoryview(ok)).result()
+        ok.extend(b"x")
+        back = bytearray(8192)
+        assert fs.readv("f", 0, [memoryview(back)]).result() == 8192
+        back.extend(b"x")
+        too_big = bytearray(64 * 4096)
+        with pytest.raises(errors.DeviceFullError):
+            fs.write("f", 0, memoryview(too_big)).result()
+        too_big.extend(b"x")  # the failed write's traceback does not pin it
+
+
+def test_concurrent_writers_near_full_get_room_or_a_clean_error(tmp_path: Path) -> None:
+    blob = os.urandom(6 * 4096)
+    with FileService(tmp_path / "svc", capacity=64 * 4096, block_size=4096) as fs:
+        names = [f"f{i}" for i in range(8)]
+        for name in names:
+            fs.create(name)
+
+        def rewrite(name: str) -> int:
+            full = 0
+            for _ in range(40):
+                try:
+                    fs.write(name, 0, memoryview(bytearray(blob))).result()
+                except errors.DeviceFullError:
+                    full += 1
+            return full
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            fulls = list(pool.map(rewrite, names))
+        fs.flush().result()
+        for name in names:  # whatever was written last is whole
+            data = fs.read(name, 0, len(blob)).result()
+            assert data in (blob, b"")
+        assert sum(fulls) < 8 * 40

@@ -45,6 +45,7 @@ import fcntl
 import functools
 import os
 import threading
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ MAX_PATH_BYTES = 4096
 MAX_FILE_BYTES = 1 << 44
 _DEFAULT_CAPACITY = 1 << 30
 _DEFAULT_CHECKPOINT = 8 << 20
+#: commits a write waits for, at most, to get back blocks replaced by other writers
+_ALLOCATE_TRIES = 8
 
 
 # --- names -----------------------------------------------------------------------
@@ -471,6 +474,12 @@ class _Segments:
         for ptr, n, at in self._pieces(pos, length):
             ffi.memmove(ptr, src + at, n)
 
+    def release(self) -> None:
+        """Give up the buffer exports: the caller's objects may be resized or freed from here on."""
+        for ptr in self.ptrs:
+            ffi.release(ptr)
+        self.ptrs.clear()
+
     def zero(self, pos: int, length: int) -> None:
         """Fill [pos, pos + length) with zeros."""
         zeros = ffi.new("char[]", min(length, 1 << 20))
@@ -479,6 +488,12 @@ class _Segments:
             n = min(length - done, len(zeros))
             self.copy_in(pos + done, zeros, n)
             done += n
+
+
+def _release(args: Sequence[Any]) -> None:
+    for arg in args:
+        if isinstance(arg, _Segments):
+            arg.release()
 
 
 # --- the service -----------------------------------------------------------------------
@@ -920,9 +935,15 @@ class FileService:
             try:
                 value = fn(batch, *args)
             except BaseException as exc:
+                # The traceback would keep the I/O frames' buffers alive in a cycle with this
+                # future; the collector cannot clear a memoryview that cffi still exports and
+                # crashes.  Drop the frames' locals and the exports now.
+                traceback.clear_frames(exc.__traceback__)
+                _release(args)
                 future.timing = batch.timing(op)
                 future.set_exception(exc)
             else:
+                _release(args)
                 future.timing = batch.timing(op)
                 future.set_result(value)
 
@@ -1045,13 +1066,15 @@ class FileService:
         return length
 
     def _allocate(self, nblocks: int, path: str) -> list[list[int]]:
-        for attempt in range(2):
+        # Concurrent writers may take what a commit frees before this one gets it: try again
+        # while replaced blocks waiting for a commit could still make room.
+        for _ in range(_ALLOCATE_TRIES):
             with self._meta_lock:
                 if nblocks <= self._free.free:
                     return self._free.allocate(nblocks)
                 reclaimable = sum(len(blocks) for _, blocks in self._pending_free)
                 free = self._free.free
-            if attempt or nblocks > free + reclaimable:
+            if nblocks > free + reclaimable:
                 break
             # Blocks replaced since the last commit come back once it is durable.
             self._commit()
