@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -582,3 +584,146 @@ def test_routing_to_a_host_process(runtime: Runtime) -> None:
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.strip() == "handled 1"
+
+
+# --- uploads that break off ---------------------------------------------------------------------------
+
+KILLED_UPLOADER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import numpy as np, pyarrow as pa, pyarrow.flight as fl
+    table = pa.table({"id": np.arange(100_000, dtype=np.int64)})
+    client = fl.FlightClient(sys.argv[1])
+    auth = fl.FlightCallOptions(headers=[(b"authorization", sys.argv[2].encode())])
+    writer, _ = client.do_put(fl.FlightDescriptor.for_path("t"), table.schema, auth)
+    writer.write_table(table, max_chunksize=1000)
+    os.kill(os.getpid(), signal.SIGKILL)  # dies with every batch sent but the stream never finished
+    """
+)
+
+
+@pytest.mark.parametrize("storage", ["memory", "data_dir"])
+def test_killed_uploader_does_not_replace_the_dataset(runtime: Runtime, tmp_path: Path, storage: str) -> None:
+    data_dir = tmp_path / "ds" if storage == "data_dir" else None
+    good = pa.table({"id": pa.array(range(10), pa.int64())})
+    with (
+        FlightEndpoint(runtime=runtime, token=TOKEN, data_dir=data_dir).serve_background() as ep,
+        fl.FlightClient(ep.location) as c,
+    ):
+        put(c, fl.FlightDescriptor.for_path("t"), good)
+        proc = subprocess.run(
+            [sys.executable, "-c", KILLED_UPLOADER, ep.location, f"Bearer {TOKEN}"], capture_output=True, timeout=60
+        )
+        assert proc.returncode == -9, proc.stderr
+        deadline = time.monotonic() + 20
+        while action(c, "stats")["requests"]["puts_aborted"] == 0:  # the server's side of the call ends
+            assert time.monotonic() < deadline, "the broken-off upload was never noticed"
+            time.sleep(0.02)
+        assert get(c, ticket("t")).equals(good)
+    if data_dir is not None:
+        with FileService(data_dir) as fs:
+            assert len(fs.listdir("datasets")) == 1  # the partial version was not left behind
+
+
+def test_descriptor_commands_are_checked_like_tickets(client: fl.FlightClient, trips: pa.Table) -> None:
+    for bad, match in (
+        ({"dataset": "trips", "predicate": "fare >>"}, "bad predicate"),
+        ({"dataset": "trips", "predicate": "nocol > 1"}, "nocol"),
+        ({"dataset": "trips", "predicate": "city > 1"}, "city"),
+        ({"dataset": "trips", "columns": ["nope"]}, "no column 'nope'"),
+    ):
+        descriptor = fl.FlightDescriptor.for_command(json.dumps(bad))
+        with pytest.raises(pa.ArrowInvalid, match=match):
+            client.get_flight_info(descriptor, AUTH)
+        with pytest.raises(pa.ArrowInvalid, match=match):
+            client.get_schema(descriptor, AUTH)
+    good = fl.FlightDescriptor.for_command(json.dumps({"dataset": "trips", "predicate": "fare > 1", "columns": ["k"]}))
+    assert client.get_schema(good, AUTH).schema.equals(trips.select(["k"]).schema)
+    info = client.get_flight_info(good, AUTH)
+    assert info.schema.equals(trips.select(["k"]).schema)
+    assert client.do_get(info.endpoints[0].ticket, AUTH).read_all().schema.equals(info.schema)
+
+
+# --- what errors tell the client ------------------------------------------------------------------------
+
+
+def test_errors_carry_the_message_but_no_server_traceback(runtime: Runtime) -> None:
+    def broken(body: Any) -> Any:
+        """Fails the way a bug would."""
+        raise RuntimeError("kaboom")
+
+    def missing(body: Any) -> Any:
+        """Names something that is not there."""
+        raise pa.ArrowKeyError("no such thing")
+
+    table = make_table(100)
+    with (
+        FlightEndpoint(runtime=runtime, actions={"broken": broken, "missing": missing}).serve_background() as ep,
+        fl.FlightClient(ep.location) as c,
+    ):
+        put(c, fl.FlightDescriptor.for_path("t"), table)
+        bad_cmd = fl.FlightDescriptor.for_command(json.dumps({"dataset": "t", "predicate": "v >>"}))
+        calls: list[tuple[Any, type, str]] = [
+            (lambda: get(c, b"{not json"), pa.ArrowInvalid, "not JSON"),
+            (lambda: get(c, ticket("nosuch")), KeyError, "no dataset named 'nosuch'"),
+            (lambda: get(c, ticket("t", "v >>")), pa.ArrowInvalid, "bad predicate"),
+            (lambda: c.get_schema(bad_cmd, AUTH), pa.ArrowInvalid, "bad predicate"),
+            (lambda: c.get_flight_info(fl.FlightDescriptor.for_path("nosuch"), AUTH), KeyError, "nosuch"),
+            (lambda: put(c, fl.FlightDescriptor.for_command(b"{"), table), pa.ArrowInvalid, "not JSON"),
+            (lambda: exchange(c, [{"sort": "id"}], table), pa.ArrowInvalid, "unknown step"),
+            (lambda: action(c, "nope"), pa.ArrowInvalid, "unknown action"),
+            (lambda: action(c, "missing"), KeyError, "no such thing"),
+            (lambda: action(c, "broken"), fl.FlightServerError, "RuntimeError: kaboom"),
+        ]
+        for call, error, match in calls:
+            with pytest.raises(error, match=match) as info:
+                call()
+            text = str(info.value)
+            assert "Traceback" not in text and 'File "' not in text and ".py" not in text, text
+    try:  # any other exception is still formatted in full
+        raise ValueError("local")
+    except ValueError as exc:
+        assert "Traceback" in "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+# --- device memory -------------------------------------------------------------------------------------------
+
+
+def test_in_memory_datasets_are_charged_to_the_device(tiny_profile: Path) -> None:
+    with (
+        Runtime(str(tiny_profile), workers=1) as rt,
+        FlightEndpoint(runtime=rt).serve_background() as a,
+        FlightEndpoint(runtime=rt).serve_background() as b,
+        fl.FlightClient(a.location) as ca,
+        fl.FlightClient(b.location) as cb,
+    ):
+        capacity = rt.device.memory_capacity
+        assert capacity == 1 << 20
+        table = make_table(12_000)  # ~410 KiB: two fit in 1 MiB, three do not
+        size = put(ca, fl.FlightDescriptor.for_path("t"), table)["bytes"]
+        assert rt.device.memory_used == size
+        assert action(ca, "devices")[0]["memory_used"] == size
+        assert action(cb, "stats")["memory"] == {"datasets_bytes": 0, "limit": capacity - size}
+        put(cb, fl.FlightDescriptor.for_path("t"), table)
+        assert rt.device.memory_used == 2 * size
+        with pytest.raises(fl.FlightServerError, match="DPU memory"):  # the limit is shared
+            put(cb, fl.FlightDescriptor.for_path("u"), table)
+        assert action(ca, "stats")["memory"] == {"datasets_bytes": size, "limit": capacity - size}
+        append = fl.FlightDescriptor.for_command(json.dumps({"dataset": "t", "mode": "append"}))
+        small = table.slice(0, 100)
+        more = put(ca, append, small)["bytes"] - size
+        assert rt.device.memory_used == 2 * size + more
+        put(ca, fl.FlightDescriptor.for_path("t"), small)  # a replace releases the old version
+        assert rt.device.memory_used == size + more
+        action(cb, "drop", {"dataset": "t"})
+        assert rt.device.memory_used == more
+        put(cb, fl.FlightDescriptor.for_path("empty"), table.slice(0, 0))  # nothing to charge
+        assert rt.device.memory_used == more
+
+
+def test_closing_an_endpoint_releases_its_memory(tiny_profile: Path) -> None:
+    with Runtime(str(tiny_profile), workers=1) as rt:
+        with FlightEndpoint(runtime=rt).serve_background() as ep, fl.FlightClient(ep.location) as c:
+            put(c, fl.FlightDescriptor.for_path("t"), make_table(1000))
+            assert rt.device.memory_used > 0
+        assert rt.device.memory_used == 0

@@ -29,7 +29,10 @@ pipeline that runs on the DPU (``do_exchange``), with any stock Flight client.
   ``{"dataset": "trips", "mode": "create" | "replace" | "append", "format":
   "parquet" | "ipc"}`` (mode default ``replace``; format matters only with a
   ``data_dir``, default ``parquet``).  The server answers with one metadata
-  message ``{"dataset", "rows", "bytes", "where"}``.
+  message ``{"dataset", "rows", "bytes", "where"}``.  An upload counts only if
+  its stream ends cleanly: pyarrow's reader ends the same way when the client
+  vanishes part way, so a call cancelled by then (client killed, connection
+  lost, deadline) stores nothing and the previous version stays.
 * ``do_exchange`` command: ``{"pipeline": [{"filter": "<predicate>"},
   {"project": ["a", "b"]}, {"aggregate": {"keys": ["k"], "aggs": [["v",
   "sum"], ["*", "count"]]}}, {"compress": "lz4"}]}``.  Filter and project
@@ -43,16 +46,19 @@ pipeline that runs on the DPU (``do_exchange``), with any stock Flight client.
 
 **Actions** (``do_action``, body and result JSON): ``stats`` (runtime stats,
 per dataset bytes read vs returned, requests served on the DPU vs forwarded
-to the host), ``devices``, ``drop`` (body ``{"dataset": "trips"}``),
+to the host, uploads dropped as broken off), ``devices``, ``drop`` (body ``{"dataset": "trips"}``),
 ``offloads`` (the names of the extra actions) and every action passed as
 ``actions=`` (which take precedence over built-ins of the same name).
 
 **Errors** reach the client as the matching Flight error: malformed JSON,
-unknown fields, bad predicates, schema mismatches and payloads above
-``max_payload_bytes`` are INVALID_ARGUMENT (``pyarrow.ArrowInvalid``); an
-unknown dataset is NOT_FOUND (``pyarrow.ArrowKeyError``); a missing or wrong
-token is UNAUTHENTICATED; a dataset that does not fit in the DPU's memory is
-a ``FlightServerError``.  The server keeps serving after each.
+unknown fields, bad predicates or columns (in a ticket, or in a
+``get_flight_info``/``get_schema`` command, checked the same way), schema
+mismatches and payloads above ``max_payload_bytes`` are INVALID_ARGUMENT
+(``pyarrow.ArrowInvalid``); an unknown dataset is NOT_FOUND
+(``pyarrow.ArrowKeyError``); a missing or wrong token is UNAUTHENTICATED; a
+dataset that does not fit in the DPU's memory is a ``FlightServerError``.
+The client gets the message only, never the server's traceback (see
+:mod:`~dpdpu.network.flight_server`).  The server keeps serving after each.
 
 **Routing** (DDS-style): ``route(ticket) -> bool`` decides per ``do_get``
 whether the DPU serves it (True) or forwards it over a
@@ -77,12 +83,13 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from .. import errors
+from ..compute.expr import bind_predicate
 from ..compute.kernels import aggregate as dpdpu_aggregate
 from ..compute.kernels import filter as dpdpu_filter
 from ..compute.kernels import project as dpdpu_project
 from ..runtime.runtime import Runtime, current_runtime
 from .channel import ChannelPair
-from .flight_catalog import Catalog, DatasetNotFoundError, StoredDataset
+from .flight_catalog import Catalog, DatasetNotFoundError, StoredDataset, UploadAbortedError
 from .flight_routing import HostHandler, HostLink
 from .flight_server import BearerAuth, FlightConfigError, check_location, is_unspecified, mapped, mapped_batches
 from .flight_tickets import (
@@ -207,7 +214,8 @@ class FlightEndpoint:
         runtime: where the kernels run (default: :func:`dpdpu.current_runtime`).
         data_dir: keep datasets on a :class:`~dpdpu.storage.fs.FileService`
             there (durable, scanned with pushdown); None keeps them in DPU
-            memory, bounded by the device profile's memory capacity.
+            memory, charged to the runtime device's memory (shared with the
+            runtime's other users; see :mod:`~dpdpu.network.flight_catalog`).
         token: bearer token every call must carry; required off loopback.
         tls: ``(certificate chain PEM, private key PEM)``.
         max_payload_bytes: the most one ``do_put`` or ``do_exchange`` may
@@ -263,6 +271,7 @@ class FlightEndpoint:
             self._host = HostLink(host, timeout=host_timeout)
         self._lock = threading.Lock()
         self._counts = {"served": 0, "forwarded": 0, "puts": 0, "exchanges": 0, "exchange_bytes_in": 0}
+        self._counts["puts_aborted"] = 0
         self._counts["exchange_bytes_out"] = 0
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -406,7 +415,19 @@ class FlightEndpoint:
                     f"({self.max_payload_bytes} bytes); nothing was stored"
                 )
             batches.append(batch)
-        stored = self.catalog.put(req, schema, batches)
+        # pyarrow's reader ends the same way whether the client finished
+        # writing or vanished part way (killed, connection lost, deadline): only
+        # the call's cancellation tells a broken-off stream from a complete one.
+        aborted = context.is_cancelled
+        try:
+            if aborted():
+                raise UploadAbortedError(
+                    f"the upload of dataset {req.dataset!r} broke off before it ended; nothing was stored", op="do_put"
+                )
+            stored = self.catalog.put(req, schema, batches, aborted)
+        except UploadAbortedError:
+            self._count("puts_aborted")
+            raise
         self._count("puts")
         ack = {"dataset": stored.name, "rows": stored.num_rows, "bytes": stored.nbytes, "where": stored.where}
         writer.write(pa.py_buffer(json.dumps(ack).encode()))
@@ -507,6 +528,12 @@ class FlightEndpoint:
                     raise invalid(f"no column {name!r} in dataset {stored.name!r}; it has {schema.names}")
             schema = pa.schema([schema.field(c) for c in req.columns])
         if req.predicate is not None:
+            # Checked as do_get would: a command whose ticket do_get would
+            # refuse must not be described as if it were valid.
+            try:
+                bind_predicate(req.predicate, stored.schema)
+            except errors.ExpressionError as exc:
+                raise invalid(f"bad predicate in the descriptor for dataset {stored.name!r}: {exc}") from exc
             rows = nbytes = -1  # unknown until the query runs
         # No location means "where you got this": right when listening on every
         # address, since this server cannot know which of them the client reached.
@@ -575,6 +602,7 @@ class FlightEndpoint:
                 "served": counts["served"],
                 "forwarded": counts["forwarded"],
                 "puts": counts["puts"],
+                "puts_aborted": counts["puts_aborted"],
                 "exchanges": counts["exchanges"],
             },
             "exchange": {"bytes_in": counts["exchange_bytes_in"], "bytes_out": counts["exchange_bytes_out"]},

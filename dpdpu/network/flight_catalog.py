@@ -1,7 +1,16 @@
 """Where the Flight endpoint keeps datasets: DPU memory, or the storage engine.
 
 Without a data directory a dataset is the list of record batches it was
-uploaded as, counted against the device profile's memory capacity; a query
+uploaded as, charged to the runtime device's memory: each upload reserves a
+:class:`~dpdpu.runtime.device.DeviceBuffer` of its size through
+:meth:`~dpdpu.runtime.runtime.Runtime.alloc` (the device API reserves memory
+by allocating it; the batches themselves stay where Arrow received them, and
+the emulator's allocation is not touched, so it costs no resident memory),
+so every endpoint and task on the runtime shares one limit and the device's
+``memory_used`` includes the stored datasets.  The reservation is released
+when the dataset is dropped or replaced or the endpoint closes (once no
+query in progress still reads the old batches); a replace needs room for the
+new version while the old one is still stored.  A query
 streams those batches (filtered and projected by the dpdpu kernels on the
 endpoint's runtime when the ticket asks for it) and a plain read hands them
 to Flight as they are, without a copy.
@@ -20,7 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +40,21 @@ from ..compute.expr import bind_predicate
 from ..compute.expr import columns as expr_columns
 from ..compute.kernels import filter as dpdpu_filter
 from ..compute.kernels import project as dpdpu_project
+from ..runtime.device import DeviceBuffer
 from ..runtime.runtime import Runtime
 from ..storage.dataset import Dataset, open_dataset, write_dataset
 from ..storage.fs import FileService
 from .flight_tickets import PutRequest, invalid
 
-__all__ = ["Catalog", "DatasetCapacityError", "DatasetCounters", "DatasetNotFoundError", "Query", "StoredDataset"]
+__all__ = [
+    "Catalog",
+    "DatasetCapacityError",
+    "DatasetCounters",
+    "DatasetNotFoundError",
+    "Query",
+    "StoredDataset",
+    "UploadAbortedError",
+]
 
 _DIR = "datasets"
 
@@ -46,6 +64,10 @@ class DatasetNotFoundError(errors.DpdpuError, KeyError):
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return self.detail
+
+
+class UploadAbortedError(errors.DpdpuError):
+    """An upload's stream broke off (the client vanished or cancelled): nothing of it was stored."""
 
 
 class DatasetCapacityError(errors.DeviceMemoryError):
@@ -72,6 +94,8 @@ class StoredDataset:
     nbytes: int
     where: str  # "memory", "parquet" or "ipc"
     batches: list[pa.RecordBatch] | None = None
+    #: device memory charged for ``batches`` (one reservation per upload appended)
+    reservations: list[DeviceBuffer] = field(default_factory=list)
     file: str | None = None
     dataset: Dataset | None = None
     version: int = 0
@@ -171,20 +195,58 @@ class Catalog:
         return self._memory_bytes
 
     def memory_limit(self) -> int | None:
-        """Bytes the in-memory datasets may hold in all (None: no limit)."""
+        """Bytes this endpoint's in-memory datasets could hold in all: what they hold plus what is free.
+
+        None: the device has no memory limit.  The free part is shared with
+        every other user of the runtime's device.
+        """
         device = self.runtime.device
         capacity = device.memory_capacity
-        return None if capacity is None else max(0, capacity - device.memory_used)
+        return None if capacity is None else self._memory_bytes + max(0, capacity - device.memory_used)
+
+    def _reserve(self, req: PutRequest, nbytes: int) -> list[DeviceBuffer]:
+        """Charge ``nbytes`` to the device's memory ([] for nothing: the device refuses empty buffers)."""
+        if nbytes <= 0:
+            return []
+        try:
+            return [self.runtime.alloc(nbytes)]
+        except errors.DeviceMemoryError as exc:
+            device = self.runtime.device
+            capacity = device.memory_capacity
+            free = "?" if capacity is None else max(0, capacity - device.memory_used)
+            raise DatasetCapacityError(
+                f"dataset {req.dataset!r} needs {nbytes} bytes of DPU memory but only {free} of {capacity} are free",
+                device=device.label,
+                op="do_put",
+            ) from exc
 
     # --- changes -------------------------------------------------------------------------------
 
-    def put(self, req: PutRequest, schema: pa.Schema, batches: list[pa.RecordBatch]) -> StoredDataset:
-        """Store an upload under ``req.mode``; return the dataset's new current version."""
+    def put(
+        self,
+        req: PutRequest,
+        schema: pa.Schema,
+        batches: list[pa.RecordBatch],
+        aborted: Callable[[], bool] | None = None,
+    ) -> StoredDataset:
+        """Store an upload under ``req.mode``; return the dataset's new current version.
+
+        ``aborted`` is asked once more just before the new version is made
+        current: a stream that broke off while it was being stored must not
+        replace the dataset (``UploadAbortedError``; the old version stands).
+        """
         if len(set(schema.names)) != len(schema.names):
             raise invalid(f"column names of a dataset must be unique, not {schema.names}")
         if self.fs is None:
-            return self._put_memory(req, schema, batches)
-        return self._put_file(req, schema, batches)
+            return self._put_memory(req, schema, batches, aborted)
+        return self._put_file(req, schema, batches, aborted)
+
+    @staticmethod
+    def _check_aborted(req: PutRequest, aborted: Callable[[], bool] | None) -> None:
+        if aborted is not None and aborted():
+            raise UploadAbortedError(
+                f"the upload of dataset {req.dataset!r} broke off before it ended; nothing was stored", op="do_put"
+            )
 
     def _check_mode(self, req: PutRequest, old: StoredDataset | None, schema: pa.Schema) -> None:
         if old is not None and req.mode == "create":
@@ -195,21 +257,21 @@ class Catalog:
                 f"but the upload declares\n{schema}"
             )
 
-    def _put_memory(self, req: PutRequest, schema: pa.Schema, batches: list[pa.RecordBatch]) -> StoredDataset:
+    def _put_memory(
+        self,
+        req: PutRequest,
+        schema: pa.Schema,
+        batches: list[pa.RecordBatch],
+        aborted: Callable[[], bool] | None,
+    ) -> StoredDataset:
         added = sum(b.get_total_buffer_size() for b in batches)
         with self._lock:
             old = self._sets.get(req.dataset)
             self._check_mode(req, old, schema)
+            self._check_aborted(req, aborted)
             appending = old is not None and req.mode == "append"
             freed = 0 if old is None or appending else old.nbytes
-            limit = self.memory_limit()
-            if limit is not None and self._memory_bytes - freed + added > limit:
-                raise DatasetCapacityError(
-                    f"dataset {req.dataset!r} needs {added} bytes of DPU memory but only "
-                    f"{max(0, limit - self._memory_bytes + freed)} of {limit} are free",
-                    device=self.runtime.device.label,
-                    op="do_put",
-                )
+            reserved = self._reserve(req, added)
             if appending:
                 assert old is not None and old.batches is not None
                 all_batches = [*old.batches, *batches]
@@ -220,11 +282,18 @@ class Catalog:
                     old.nbytes + added,
                     "memory",
                     batches=all_batches,
+                    reservations=[*old.reservations, *reserved],
                     counters=old.counters,
                 )
             else:
                 stored = StoredDataset(
-                    req.dataset, schema, sum(b.num_rows for b in batches), added, "memory", batches=list(batches)
+                    req.dataset,
+                    schema,
+                    sum(b.num_rows for b in batches),
+                    added,
+                    "memory",
+                    batches=list(batches),
+                    reservations=reserved,
                 )
                 if old is not None:
                     stored.counters = old.counters
@@ -237,7 +306,13 @@ class Catalog:
             name, ds.schema, ds.num_rows, ds.nbytes, ds.format, file=ds.name, dataset=ds, version=version
         )
 
-    def _put_file(self, req: PutRequest, schema: pa.Schema, batches: list[pa.RecordBatch]) -> StoredDataset:
+    def _put_file(
+        self,
+        req: PutRequest,
+        schema: pa.Schema,
+        batches: list[pa.RecordBatch],
+        aborted: Callable[[], bool] | None,
+    ) -> StoredDataset:
         assert self.fs is not None
         table = pa.Table.from_batches(batches, schema=schema)
         with self._write_lock:
@@ -252,6 +327,8 @@ class Catalog:
             path = f"{_DIR}/{req.dataset}.{version}.{req.format}"
             try:
                 ds = write_dataset(self.fs, path, table, format=req.format)
+                # Writing takes a while: a client lost meanwhile must not win.
+                self._check_aborted(req, aborted)
             except BaseException:
                 self._discard(path)
                 raise

@@ -7,13 +7,28 @@ Flight server turns a few Python exception types into gRPC status codes
 UNAUTHENTICATED ...) and everything else into INTERNAL.  :func:`flight_error`
 picks the right one for each error a handler can meet, so clients see the
 status that matches the cause, with the message that explains it.
+
+Only the message leaves the server.  pyarrow describes a Python exception
+that becomes a non-Flight status (INVALID_ARGUMENT, NOT_FOUND ...) with
+``traceback.format_exception`` and sends that text to the client as the
+status detail: file paths and source lines of the server.  Every exception
+:func:`mapped` lets out is marked, and a thin wrapper of
+``traceback.format_exception`` (installed once, delegating for every other
+exception) describes a marked one by its type name alone, which is what
+pyarrow itself sends when it cannot format one.  The traceback is logged
+on the server instead (``dpdpu.network.flight_server`` logger, DEBUG; an
+unexpected error at WARNING).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import ipaddress
+import logging
+import threading
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -22,6 +37,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from .. import errors
+from .flight_catalog import UploadAbortedError
 
 __all__ = [
     "BearerAuth",
@@ -43,12 +59,62 @@ class FlightConfigError(errors.InvalidArgumentError):
 # --- errors -------------------------------------------------------------------------------------
 
 
+_log = logging.getLogger(__name__)
+
+#: attribute set on exceptions bound for the wire: their traceback stays on the server
+_WIRE_MARK = "_dpdpu_flight_wire"
+_install_lock = threading.Lock()
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _install_wire_formatter() -> None:
+    """Make ``traceback.format_exception`` describe wire-bound exceptions by type name only.
+
+    pyarrow looks the function up on the ``traceback`` module each time it
+    describes an exception for a client, so a wrapper there is the one place
+    its status detail can be kept free of server source.  Every exception
+    without the mark is formatted exactly as before.
+    """
+    with _install_lock:
+        original = traceback.format_exception
+        if getattr(original, _WIRE_MARK, False):
+            return
+
+        @functools.wraps(original)
+        def format_exception(*args: Any, **kwargs: Any) -> list[str]:
+            value = args[1] if len(args) > 1 else kwargs.get("value", args[0] if args else None)
+            if isinstance(value, BaseException) and getattr(value, _WIRE_MARK, False):
+                return [_type_name(value)]
+            return original(*args, **kwargs)
+
+        setattr(format_exception, _WIRE_MARK, True)
+        traceback.format_exception = format_exception
+
+
+def _for_wire(exc: BaseException, cause: BaseException) -> BaseException:
+    """Mark ``exc`` as bound for a client (see the module docstring) and log ``cause`` here."""
+    # An exception type with __slots__ takes no mark: pyarrow formats it as usual.
+    with contextlib.suppress(AttributeError):
+        setattr(exc, _WIRE_MARK, True)
+    unexpected = isinstance(exc, flight.FlightServerError) and not isinstance(cause, flight.FlightError)
+    _log.log(
+        logging.WARNING if unexpected else logging.DEBUG, "Flight call failed: %s", _type_name(cause), exc_info=cause
+    )
+    return exc
+
+
 def flight_error(exc: BaseException) -> BaseException:
     """The exception to raise so that the client sees the Flight status matching ``exc``."""
     if isinstance(exc, (flight.FlightError, pa.ArrowException, NotImplementedError)):
         return exc
     out: BaseException
-    if isinstance(exc, (KeyError, errors.NoSuchFileError)):
+    if isinstance(exc, UploadAbortedError):
+        out = flight.FlightCancelledError(str(exc))
+    elif isinstance(exc, (KeyError, errors.NoSuchFileError)):
         # str() of a plain KeyError quotes its message
         out = pa.ArrowKeyError(exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc))
     elif isinstance(exc, errors.DeviceMemoryError):
@@ -63,12 +129,14 @@ def flight_error(exc: BaseException) -> BaseException:
 def mapped(fn: F) -> F:
     """Raise whatever ``fn`` raises as the matching Flight error."""
 
+    _install_wire_formatter()
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            out = flight_error(exc)
+            out = _for_wire(flight_error(exc), exc)
             if out is exc:
                 raise
             raise out from exc
@@ -77,10 +145,12 @@ def mapped(fn: F) -> F:
 
 
 def mapped_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Yield ``batches``, raising whatever they raise as the matching Flight error (as :func:`mapped`)."""
+    _install_wire_formatter()
     try:
         yield from batches
     except Exception as exc:
-        out = flight_error(exc)
+        out = _for_wire(flight_error(exc), exc)
         if out is exc:
             raise
         raise out from exc
