@@ -7,6 +7,7 @@ One agent serves most of the module (started once); restart, SIGTERM and TLS sta
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
@@ -105,12 +106,16 @@ class AgentProc:
         return code
 
 
-def start_agent(data_dir: Path, *extra: str, timeout: float = 30.0) -> AgentProc:
-    """Start an agent on loopback port 0 and read the addresses from its first line."""
-    cmd = [sys.executable, "-m", "dpdpu", "agent", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *extra]
+def start_agent(data_dir: Path, *extra: str, timeout: float = 30.0, cwd: Path | None = None) -> AgentProc:
+    """Start an agent on loopback port 0 and read the addresses from its first line.
+
+    With ``cwd`` the agent runs there and gets ``data_dir`` relative to it.
+    """
+    arg = str(data_dir.relative_to(cwd)) if cwd is not None else str(data_dir)
+    cmd = [sys.executable, "-m", "dpdpu", "agent", "--listen", "127.0.0.1:0", "--data-dir", arg, *extra]
     err = open(data_dir.parent / f"{data_dir.name}.stderr", "a")  # noqa: SIM115 - the child owns it
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_env(data_dir))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_env(data_dir), cwd=cwd)
     finally:
         err.close()
     assert proc.stdout is not None
@@ -239,7 +244,7 @@ def test_cli_exit_codes(agent: AgentProc, good: str, tmp_path: Path) -> None:
     token_file.write_text(agent.token)
     bad = tmp_path / "bad.py"
     bad.write_text("def broken(:\n")
-    failed, unknown, usage, wrong, by_file, unreachable, rejected = cli_many(
+    failed, unknown, usage, wrong, by_file, unreachable, rejected, no_file, json_failed = cli_many(
         agent,
         ["invoke", "good.fail", '["kaput"]'],
         ["invoke", "good.nothing"],
@@ -248,6 +253,8 @@ def test_cli_exit_codes(agent: AgentProc, good: str, tmp_path: Path) -> None:
         ["health", "--token-file", str(token_file)],
         ["health", "--agent", "127.0.0.1:1"],
         ["deploy", str(bad)],
+        ["health", "--token-file", str(tmp_path / "missing"), "--json"],
+        ["invoke", "good.nothing", "--json"],
     )
     assert failed.returncode == 1 and b"ValueError: kaput" in failed.stderr and b"Traceback" not in failed.stderr
     assert unknown.returncode == 1 and b"no deployed offload" in unknown.stderr
@@ -256,6 +263,10 @@ def test_cli_exit_codes(agent: AgentProc, good: str, tmp_path: Path) -> None:
     assert by_file.returncode == 0 and by_file.stdout.startswith(b"serving")
     assert unreachable.returncode == 3 and b"no agent reachable" in unreachable.stderr
     assert rejected.returncode == 1 and b"SyntaxError" in rejected.stderr and b"Traceback" not in rejected.stderr
+    assert no_file.returncode == 4  # a missing token, as documented; with --json the error is JSON too
+    assert json.loads(no_file.stdout)["code"] == "AUTH" and "no token in" in json.loads(no_file.stdout)["error"]
+    assert json_failed.returncode == 1
+    assert json.loads(json_failed.stdout) == {"error": "no deployed offload 'good.nothing'", "code": "NOT_FOUND"}
 
 
 # --- bad input ---------------------------------------------------------------------------
@@ -390,6 +401,45 @@ def test_flight_lists_and_invokes_offloads(agent: AgentProc, good: str) -> None:
         conn.close()
 
 
+def test_flight_invoke_fails_with_the_statuses_of_grpc(agent: AgentProc, client: AgentClient, good: str) -> None:
+    if not agent.state.get("flight"):
+        pytest.skip("the agent started without a Flight endpoint")
+    import pyarrow as pa
+    import pyarrow.flight as flight
+
+    client.deploy("errs.py", name="errs", text="import dpdpu\n\n@dpdpu.offload\ndef ke():\n    return {}['k']\n")
+    conn = flight.FlightClient(agent.state["flight"])
+    opts = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {agent.token}".encode())])
+
+    def invoke(request: dict[str, Any]) -> Any:
+        return list(conn.do_action(flight.Action("invoke", json.dumps(request).encode()), opts))
+
+    try:
+        # Whatever the offload raised is a failed invocation, not a status picked by its type.
+        with pytest.raises(flight.FlightServerError, match=r"offload errs\.ke raised KeyError"):
+            invoke({"offload": "errs.ke"})
+        with pytest.raises(flight.FlightServerError, match=r"offload good\.add raised TypeError"):
+            invoke({"offload": "good.add", "args": ["a", 1]})
+        with pytest.raises(flight.FlightServerError, match=r"offload good\.fail raised ValueError: no"):
+            invoke({"offload": "good.fail", "args": ["no"]})
+        with pytest.raises(pa.ArrowKeyError, match="no deployed offload"):  # NOT_FOUND
+            invoke({"offload": "good.nothing"})
+        with pytest.raises(pa.ArrowInvalid, match="timeout_s must be a number"):  # INVALID_ARGUMENT
+            invoke({"offload": "good.add", "args": [1, 2], "timeout_s": "abc"})
+        for _ in range(2):  # the module's agent tolerates 2 hung invocations
+            with pytest.raises(flight.FlightTimedOutError, match=r"within 0\.05 s"):
+                invoke({"offload": "good.nap", "args": [1.0], "timeout_s": 0.05})
+        with pytest.raises(flight.FlightUnavailableError, match="restart the agent"):
+            invoke({"offload": "good.add", "args": [1, 2]})
+    finally:
+        conn.close()
+        client.undeploy("errs")
+    deadline = time.monotonic() + 10
+    while client.stats()["hung"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.stats()["hung"] == 0
+
+
 def test_agent_survived_everything(client: AgentClient, agent: AgentProc, good: str) -> None:
     assert agent.proc.poll() is None
     assert client.health()["status"] == "serving"
@@ -417,31 +467,63 @@ def test_soak_10000_invokes_keeps_memory_flat(agent: AgentProc, good: str) -> No
 
 
 def test_restart_restores_deployments_and_sigterm_drains(tmp_path: Path) -> None:
+    import pyarrow.flight as flight
+
     data_dir = tmp_path / "data"
-    first = start_agent(data_dir, "--no-flight")
+    first = start_agent(data_dir, "--no-flight", cwd=tmp_path)  # a relative --data-dir
     try:
+        assert first.state["data_dir"] == str(data_dir)  # resolved once, at start
         with first.client() as c:
             c.deploy("good.py", name="good", text=GOOD)
             c.deploy(EXAMPLE)
+            c.deploy("gone.py", name="gone", text=GOOD)
             with ThreadPoolExecutor(1) as pool:
                 slow = pool.submit(c.invoke, "good.nap", 1.0)
-                time.sleep(0.3)  # in flight when the signal arrives
-                first.proc.send_signal(signal.SIGTERM)
+                time.sleep(0.3)  # in flight when the shutdown is asked for
+                c.shutdown()
                 assert slow.result() == 1.0  # drained, not cut off
         assert first.proc.wait(30) == 0
     finally:
         first.stop()
     assert not (data_dir / "agent.json").exists()
-    second = start_agent(data_dir, "--no-flight")
+    manifest = data_dir / "deployments" / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    (data_dir / "deployments" / "gone" / f"{source_version(GOOD)}.py").unlink()
+    stale = data_dir / "deployments" / "good" / f".{source_version(GOOD)}.1.pending.py"
+    stale.write_text(GOOD)  # as a deploy cut off by SIGKILL leaves it
+    second = start_agent(data_dir, "--grace", "1", "--invoke-timeout", "120", cwd=tmp_path)
     try:
+        assert not stale.exists()
         with second.client() as c:
             assert {d.name for d in c.offloads()} == {"good", "offloads_example"}
+            assert json.loads(manifest.read_text()) == recorded  # the entry that failed to restore is kept
+            assert c.undeploy("gone").version == source_version(GOOD)
+            assert set(json.loads(manifest.read_text())) == {"good", "offloads_example"}
             assert c.invoke("good.add", 2, 2) == 4
             assert c.invoke("offloads_example.word_count", "x y x") == [["x", 2], ["y", 1]]
-            c.shutdown()
-        assert second.proc.wait(30) == 0
+            # SIGTERM with offloads running past the grace: exits 0 when the grace is over.
+            conn = flight.FlightClient(second.state["flight"])
+            opts = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {second.token}".encode())])
+            body = json.dumps({"offload": "good.nap", "args": [60]}).encode()
+            with ThreadPoolExecutor(2) as pool:
+                by_grpc = pool.submit(c.invoke, "good.nap", 60)
+                by_flight = pool.submit(lambda: list(conn.do_action(flight.Action("invoke", body), opts)))
+                time.sleep(0.5)  # both in flight when the signal arrives
+                t0 = time.monotonic()
+                second.proc.send_signal(signal.SIGTERM)
+                assert second.proc.wait(20) == 0
+                assert time.monotonic() - t0 < 8  # the grace (1 s) and the closing, not the offloads' 60 s
+                with pytest.raises(AgentUnavailableError):
+                    by_grpc.result(10)
+                with pytest.raises(flight.FlightError):
+                    by_flight.result(10)
+            conn.close()
     finally:
         second.stop()
+    assert "deployment 'gone' not restored" in (tmp_path / "data.stderr").read_text()
+    assert not (data_dir / "agent.json").exists()
+    with open(data_dir / "agent.lock") as lock:  # released: another agent may start
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with AgentClient(second.address, "t") as c, pytest.raises(AgentUnavailableError) as info:
         c.health()
     assert info.value.code == "UNAVAILABLE"

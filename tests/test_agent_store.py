@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from dpdpu.agent._proto import control_pb2 as pb
 from dpdpu.agent.deployments import (
     DeploymentError,
     DeploymentStore,
+    ImportTimeoutError,
     ModuleTooLargeError,
     UnknownDeploymentError,
     UnknownOffloadError,
@@ -71,7 +73,7 @@ def test_restore_from_disk_and_tampered_files(tmp_path: Path) -> None:
     assert [d.name for d in again.deployments()] == ["keep"]
     assert again.lookup("keep.shared")() == "k"
     manifest = json.loads((tmp_path / "deployments" / "manifest.json").read_text())
-    assert list(manifest) == ["keep"]
+    assert list(manifest) == ["keep", "spoil"]  # a failed restore forgets nothing
 
 
 def test_restore_checks_modules_in_isolation_again(tmp_path: Path) -> None:
@@ -89,13 +91,13 @@ def test_restore_checks_modules_in_isolation_again(tmp_path: Path) -> None:
             return 1
         """
     )
-    store = DeploymentStore(tmp_path / "agent", import_timeout_s=2)
+    store = DeploymentStore(tmp_path / "agent", import_timeout_s=5)
     store.deploy("moody", source)
     store.deploy("fine", MODULE.format(tag="f"))
     marker.touch()
-    again = DeploymentStore(tmp_path / "agent", import_timeout_s=2)
+    again = DeploymentStore(tmp_path / "agent", import_timeout_s=5)
     problems = again.restore()  # returns: the hanging import ran in a child, not here
-    assert len(problems) == 1 and "moody" in problems[0] and "within 2 s" in problems[0]
+    assert len(problems) == 1 and "moody" in problems[0] and "within 5 s" in problems[0]
     assert [d.name for d in again.deployments()] == ["fine"]
 
 
@@ -168,3 +170,121 @@ def test_one_agent_per_data_dir_and_taken_ports(tmp_path: Path) -> None:
     assert not (tmp_path / "a" / "agent.json").exists()
     again = Agent(AgentConfig(data_dir=tmp_path / "a", listen="127.0.0.1:0", flight_port=None, workers=2)).start()
     again.stop(1)
+
+
+def test_failed_restore_keeps_the_manifest_until_undeployed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the isolated check finds in MODULE, without an interpreter start per import.
+    monkeypatch.setattr(DeploymentStore, "_isolated_import", lambda self, path: ["double", "shared"])
+    store = DeploymentStore(tmp_path)
+    store.deploy("keep", MODULE.format(tag="k"))
+    store.deploy("gone", MODULE.format(tag="g"))
+    manifest = tmp_path / "deployments" / "manifest.json"
+    recorded = json.loads(manifest.read_text())
+    next((tmp_path / "deployments" / "gone").glob("*.py")).unlink()
+    for _ in range(2):  # restarting again does not forget it either
+        again = DeploymentStore(tmp_path)
+        problems = again.restore()
+        assert len(problems) == 1 and "'gone'" in problems[0] and "kept in the manifest" in problems[0]
+        assert [d.name for d in again.deployments()] == ["keep"] and again.unrestored() == ["gone"]
+        assert json.loads(manifest.read_text()) == recorded
+    again.deploy("other", MODULE.format(tag="o"))  # other changes keep the entry too
+    assert set(json.loads(manifest.read_text())) == {"keep", "gone", "other"}
+    assert again.undeploy("gone").version == recorded["gone"]["version"]
+    assert set(json.loads(manifest.read_text())) == {"keep", "other"} and again.unrestored() == []
+
+
+def test_unreadable_manifest_is_set_aside_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "deployments").mkdir()
+    (tmp_path / "deployments" / "manifest.json").write_text("{not json")
+    store = DeploymentStore(tmp_path)
+    assert "cannot read" in store.restore()[0]
+    store.deploy("one", MODULE.format(tag="1"))
+    kept = list((tmp_path / "deployments").glob("manifest.json.unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_text() == "{not json"
+
+
+def test_relative_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = DeploymentStore(Path("rel"))
+    store.deploy("one", MODULE.format(tag="1"))  # the isolated import runs in the module's folder
+    assert store.lookup("one.double")(2) == 4 and store.root.is_absolute()
+
+
+def test_agent_import_that_hangs_times_out_and_frees_the_name(tmp_path: Path) -> None:
+    gate = tmp_path / "hold"
+    gate.touch()
+    source = textwrap.dedent(
+        f"""
+        import os, time
+        import dpdpu
+
+        if __name__.startswith("_dpdpu_deployed"):  # passes the isolated check, hangs in the agent
+            while os.path.exists({str(gate)!r}):
+                time.sleep(0.02)
+
+        @dpdpu.offload
+        def one():
+            return 1
+        """
+    )
+    store = DeploymentStore(tmp_path / "agent", import_timeout_s=1)
+    # What the isolated check would find (it is not what is tested here, and a whole
+    # interpreter start may take longer than the short timeout on a busy machine).
+    store._isolated_import = lambda path: ["one"]  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ImportTimeoutError, match="within 1 s"):
+            store.deploy("stuck", source)
+        del store._isolated_import
+        assert store.hung_imports == 1 and store.deployments() == []
+        store.deploy("stuck", MODULE.format(tag="s"))  # the name's lock was released
+        assert store.lookup("stuck.double")(1) == 2
+    finally:
+        gate.unlink()
+    deadline = time.monotonic() + 5
+    while store.hung_imports and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.hung_imports == 0 and store.lookup("stuck.double")(2) == 4  # the late import changed nothing
+    import grpc  # type: ignore[import-untyped]
+
+    from dpdpu.agent.server import _status_of
+
+    assert _status_of(ImportTimeoutError("late")) == grpc.StatusCode.DEADLINE_EXCEEDED  # Deploy's status
+
+
+def test_stale_pending_files_are_removed_at_restore(tmp_path: Path) -> None:
+    (tmp_path / "deployments" / "one").mkdir(parents=True)  # as a deploy killed half-way leaves it
+    stale = tmp_path / "deployments" / "one" / f".{'0' * 64}.1234.pending.py"
+    stale.write_text("x = 1\n")
+    DeploymentStore(tmp_path).restore()
+    assert not stale.exists()
+
+
+def test_client_invoke_without_timeout_sets_no_deadline() -> None:
+    from dpdpu.agent.client import AgentClient
+
+    seen: list[float | None] = []
+
+    def fake(request: object, *, timeout: float | None, metadata: object) -> object:
+        seen.append(timeout)
+        return pb.InvokeReply(result_json="1")
+
+    with AgentClient("127.0.0.1:1", "t", timeout=2.0) as client:
+        client._calls["Invoke"] = fake
+        client.invoke("m.f")
+        client.invoke("m.f", timeout=3.0)
+    assert seen == [None, 8.0]  # no deadline: the agent's own default timeout ends the call
+
+
+def test_flight_failures_match_the_grpc_statuses() -> None:
+    pa = pytest.importorskip("pyarrow")
+    flight = pytest.importorskip("pyarrow.flight")
+    from dpdpu.agent.server import TooManyHungError, _flight_failure
+    from dpdpu.errors import RuntimeClosedError
+
+    assert isinstance(_flight_failure("d.f", UnknownOffloadError("no deployed offload")), pa.ArrowKeyError)
+    assert isinstance(_flight_failure("d.f", TooManyHungError("hung")), flight.FlightUnavailableError)
+    assert isinstance(_flight_failure("d.f", RuntimeClosedError("closing")), flight.FlightUnavailableError)
+    assert isinstance(_flight_failure("d.f", TimeoutError("late")), flight.FlightTimedOutError)
+    for exc in (KeyError("k"), ValueError("v"), TypeError("t")):
+        out = _flight_failure("d.f", exc)
+        assert type(out) is flight.FlightServerError and f"offload d.f raised {type(exc).__name__}" in str(out)

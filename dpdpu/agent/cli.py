@@ -6,7 +6,10 @@ a local agent recorded in its data dir, else 127.0.0.1:50051; the token through
 
 Exit status: 0 ok; 1 the call failed (the offload raised or timed out, the module or
 request was refused, no such name); 2 usage (bad options or arguments); 3 no agent
-reachable; 4 the agent refused the token.
+reachable; 4 wrong or missing token (the agent refused it, or ``--token-file`` is
+missing or empty).  With ``--json`` a failure of the command prints
+``{"error": MESSAGE, "code": CODE}`` on stdout (CODE: the gRPC status name, or
+USAGE / AUTH for what failed before any call), with the same exit status.
 
 grpc is imported inside the commands, so ``dpdpu --help`` stays fast.
 """
@@ -40,11 +43,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class AgentCliError(click.ClickException):
-    """A failure printed as one line ("Error: ..."), with the documented exit status."""
+    """A failure printed as one line ("Error: ..."), or as JSON with ``--json``, with the documented exit status."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED, code: str | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]  # per instance: the documented status
+        self.code = code or {EXIT_USAGE: "USAGE", EXIT_AUTH: "AUTH", EXIT_UNREACHABLE: "UNAVAILABLE"}.get(
+            exit_code, "FAILED"
+        )
+        self.as_json = False
+
+    def show(self, file: Any = None) -> None:
+        """Print the error: JSON on stdout with ``--json`` (what a script parses), else click's line."""
+        if self.as_json:
+            click.echo(json.dumps({"error": self.format_message(), "code": self.code}))
+        else:
+            super().show(file)
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -78,22 +92,33 @@ def _client_options(fn: F) -> F:
     def wrapper(
         address: str | None, token: str | None, token_file: Path | None, tls_ca: Path | None, **kwargs: Any
     ) -> Any:
+        from ..errors import InvalidArgumentError
         from .client import AgentClient, AgentError, default_address, default_token
         from .security import read_token
 
-        if token is None and token_file is not None:
-            token = read_token(token_file)
-            if token is None:
-                raise AgentCliError(f"no token in {token_file}", EXIT_USAGE)
-        client = AgentClient(
-            address or default_address(), token if token is not None else default_token(), tls_ca=tls_ca
-        )
         try:
-            return fn(client=client, **kwargs)
-        except AgentError as exc:
-            raise AgentCliError(str(exc), _exit_code(exc)) from None
-        finally:
-            client.close()
+            if token is None and token_file is not None:
+                try:
+                    token = read_token(token_file)
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise AgentCliError(f"cannot read token file {token_file}: {exc}", EXIT_AUTH) from None
+                if token is None:
+                    # A missing token, like a wrong one: the README's exit status 4.
+                    raise AgentCliError(f"no token in {token_file} (missing or empty file)", EXIT_AUTH)
+            client = AgentClient(
+                address or default_address(), token if token is not None else default_token(), tls_ca=tls_ca
+            )
+            try:
+                return fn(client=client, **kwargs)
+            except AgentError as exc:
+                raise AgentCliError(str(exc), _exit_code(exc), exc.code) from None
+            except InvalidArgumentError as exc:  # refused here before any call (e.g. an unreadable file)
+                raise AgentCliError(str(exc), EXIT_USAGE) from None
+            finally:
+                client.close()
+        except AgentCliError as exc:
+            exc.as_json = bool(kwargs.get("as_json"))
+            raise
 
     return wrapper  # type: ignore[return-value]
 
@@ -271,7 +296,9 @@ def undeploy(client: AgentClient, name: str, as_json: bool) -> None:
     help="Pass this file's bytes as the first argument.",
 )
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write a bytes result to this file.")
-@click.option("--timeout", type=click.FloatRange(0.001), default=None, help="Seconds [default: the agent's, 30].")
+@click.option(
+    "--timeout", type=click.FloatRange(0.001), default=None, help="Seconds [default: the agent's --invoke-timeout]."
+)
 @_client_options
 def invoke(
     client: AgentClient,

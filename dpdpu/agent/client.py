@@ -41,6 +41,8 @@ __all__ = [
 
 SERVICE = "dpdpu.agent.v1.Control"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+#: marks a call made without a deadline (grpc's ``timeout=None``)
+_NO_DEADLINE = -1.0
 
 
 class AgentError(DpdpuError):
@@ -142,7 +144,8 @@ class AgentClient:
         token: the agent's token (default: :func:`default_token`).
         tls_ca: PEM file of the certificate (or CA) the agent's TLS certificate is checked against;
             with it the channel uses TLS.
-        timeout: default deadline of calls other than Invoke, in seconds.
+        timeout: default deadline of calls other than Invoke, in seconds (an Invoke without
+            its own timeout has no deadline: the agent ends it at its ``--invoke-timeout``).
         tls_server_name: name to check the certificate for, when it differs from the address's host.
     """
 
@@ -193,8 +196,9 @@ class AgentClient:
         self._channel.close()
 
     def _call(self, name: str, request: Any, timeout: float | None = None) -> Any:
+        deadline = None if timeout == _NO_DEADLINE else timeout or self.timeout
         try:
-            return self._calls[name](request, timeout=timeout or self.timeout, metadata=self._metadata)
+            return self._calls[name](request, timeout=deadline, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise _error(exc, self.address) from None
 
@@ -242,8 +246,10 @@ class AgentClient:
             offload=offload, args_json=json.dumps(body) if body else "", timeout_s=timeout or 0.0,
             has_payload=payload is not None, payload=payload or b"",
         )  # fmt: skip
-        # The agent answers at the invocation's own timeout; our deadline leaves it room to.
-        deadline = (timeout or self.timeout) + 5.0
+        # The agent answers at the invocation's timeout, its own default when none is given
+        # (which only it knows): a deadline here would only cut it shorter.  With a
+        # timeout ours leaves the agent room to answer first, with its own message.
+        deadline = timeout + 5.0 if timeout else _NO_DEADLINE
         reply = self._call("Invoke", request, timeout=deadline)
         value = reply.result_bytes if reply.is_bytes else json.loads(reply.result_json) if reply.result_json else None
         return InvokeResult(value, reply.engine, reply.wall_s, reply.modeled_s)

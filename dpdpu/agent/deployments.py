@@ -13,6 +13,11 @@ On disk (the agent's data directory)::
 
 Deploys of one name are serialized (a lock per name); each one replaces what the
 previous one left, so the last deploy to finish wins.
+
+The manifest is the record of what was deployed, not of what loaded: an entry whose
+module fails to restore (file gone, changed, or failing to import now) stays in it,
+so fixing the cause and restarting brings it back; only an undeploy or a new deploy
+of that name replaces it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ __all__ = [
     "Deployment",
     "DeploymentError",
     "DeploymentStore",
+    "ImportTimeoutError",
     "ModuleTooLargeError",
     "UnknownDeploymentError",
     "UnknownOffloadError",
@@ -81,6 +87,10 @@ sys.stdout.flush()
 
 class DeploymentError(InvalidArgumentError):
     """A module was refused: bad name, syntax error, import failure or timeout, no offloads."""
+
+
+class ImportTimeoutError(DpdpuError, TimeoutError):
+    """The agent's own import of a module did not finish in time (its thread is left running)."""
 
 
 class ModuleTooLargeError(DeploymentError):
@@ -150,7 +160,8 @@ class DeploymentStore:
         max_module_bytes: int = DEFAULT_MAX_MODULE_BYTES,
         import_timeout_s: float = DEFAULT_IMPORT_TIMEOUT_S,
     ) -> None:
-        self.root = Path(data_dir) / "deployments"
+        # Absolute: the isolated import runs with the module's folder as its cwd.
+        self.root = Path(data_dir).expanduser().absolute() / "deployments"
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_module_bytes = max_module_bytes
         self.import_timeout_s = import_timeout_s
@@ -158,6 +169,9 @@ class DeploymentStore:
         self._name_locks: dict[str, threading.Lock] = {}
         self._checks = threading.BoundedSemaphore(_MAX_CONCURRENT_CHECKS)
         self._deployments: dict[str, Deployment] = {}
+        # Manifest entries that did not restore: kept on disk until undeployed or replaced.
+        self._unrestored: dict[str, dict[str, Any]] = {}
+        self._hung_imports = 0
         # Invoke's lookup table, rebuilt on every change and replaced whole, so readers
         # never take a lock: "<deployment>.<offload>" and unambiguous bare names.
         self._index: dict[str, Callable[..., Any]] = {}
@@ -167,6 +181,16 @@ class DeploymentStore:
 
     def __len__(self) -> int:
         return len(self._deployments)
+
+    @property
+    def hung_imports(self) -> int:
+        """Imports in the agent that ran past the import timeout and are still running."""
+        return self._hung_imports
+
+    def unrestored(self) -> list[str]:
+        """Names recorded in the manifest whose module did not load at start."""
+        with self._lock:
+            return sorted(self._unrestored)
 
     def deployments(self) -> list[Deployment]:
         """Every deployment, by name."""
@@ -216,8 +240,8 @@ class DeploymentStore:
             finally:
                 pending.unlink(missing_ok=True)
             try:
-                module, offloads = _load(name, version, path)
-            except DeploymentError:
+                module, offloads = self._load_in_time(name, version, path)
+            except (DeploymentError, ImportTimeoutError):
                 path.unlink(missing_ok=True)  # unchanged versions returned above, so this is no live file
                 raise
             if sorted(offloads) != names:
@@ -228,11 +252,14 @@ class DeploymentStore:
             deployment = Deployment(name, version, filename or f"{name}.py", size, time.time(), offloads, module)
             with self._lock:
                 self._deployments[name] = deployment
+                old = self._unrestored.pop(name, None)
                 self._reindex()
                 self._write_manifest()
             if current is not None:
                 _forget(current.module)
                 (folder / f"{current.version}.py").unlink(missing_ok=True)
+            elif old is not None and old.get("version") != version:
+                (folder / f"{old.get('version')}.py").unlink(missing_ok=True)
             return deployment, False
 
     def undeploy(self, name: str) -> Deployment:
@@ -240,6 +267,8 @@ class DeploymentStore:
         with self._name_lock(name):
             with self._lock:
                 deployment = self._deployments.pop(name, None)
+                if deployment is None and name in self._unrestored:
+                    deployment = _unloaded(name, self._unrestored.pop(name))
                 if deployment is None:
                     raise UnknownDeploymentError(f"no deployment named {name!r}")
                 self._reindex()
@@ -252,36 +281,52 @@ class DeploymentStore:
             return deployment
 
     def restore(self) -> list[str]:
-        """Load the deployments recorded in the manifest; returns a message per one that failed."""
+        """Load the deployments recorded in the manifest; returns a message per one that failed.
+
+        Entries that fail stay in the manifest (see the module's docstring).  Call it
+        once, before serving, by the only agent on the data dir: it also removes the
+        pending files of deploys a killed agent left behind.
+        """
+        for stale in self.root.glob("*/.*.pending.py"):
+            stale.unlink(missing_ok=True)
         manifest = self.root / "manifest.json"
         try:
             entries = json.loads(manifest.read_text())
+            if not isinstance(entries, dict):
+                raise ValueError("not a JSON object")
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as exc:
-            return [f"cannot read {manifest}: {exc}"]
+            # Kept aside, not overwritten by the next deploy: it is the only record there is.
+            kept = manifest.with_name(f"manifest.json.unreadable-{int(time.time())}")
+            with contextlib.suppress(OSError):
+                os.replace(manifest, kept)
+            return [f"cannot read {manifest} (moved to {kept.name}): {exc}"]
         problems: list[str] = []
         for name, entry in sorted(entries.items()):
-            path = self.root / name / f"{entry['version']}.py"
             try:
+                if not isinstance(entry, dict) or not isinstance(entry.get("version"), str):
+                    raise DeploymentError("its manifest entry has no version")
+                _check_name(name)
+                path = self.root / name / f"{entry['version']}.py"
                 source = path.read_text()
                 if source_version(source) != entry["version"]:
                     raise DeploymentError(f"{path} does not match its recorded version")
                 # Checked again in isolation: what imported at deploy time may hang or fail now
                 # (the environment or the files it reads have changed).
                 self._isolated_import(path)
-                module, offloads = _load(name, entry["version"], path)
-            except (OSError, DpdpuError) as exc:
-                problems.append(f"deployment {name!r} not restored: {exc}")
+                module, offloads = self._load_in_time(name, entry["version"], path)
+                deployment = Deployment(
+                    name, entry["version"], str(entry.get("filename", "")), len(source.encode()),
+                    float(entry.get("deployed_at", 0.0)), offloads, module,
+                )  # fmt: skip
+            except (OSError, ValueError, TypeError, DpdpuError) as exc:
+                problems.append(f"deployment {name!r} not restored (kept in the manifest): {exc}")
+                self._unrestored[name] = entry if isinstance(entry, dict) else {"version": str(entry)}
                 continue
-            self._deployments[name] = Deployment(
-                name, entry["version"], entry.get("filename", ""), len(source.encode()),
-                float(entry.get("deployed_at", 0.0)), offloads, module,
-            )  # fmt: skip
+            self._deployments[name] = deployment
         with self._lock:
             self._reindex()
-            if problems:
-                self._write_manifest()
         return problems
 
     # --- internals -----------------------------------------------------------------
@@ -304,7 +349,8 @@ class DeploymentStore:
         self._index = index
 
     def _write_manifest(self) -> None:
-        data = {n: d.as_dict() for n, d in sorted(self._deployments.items())}
+        entries = {**self._unrestored, **{n: d.as_dict() for n, d in self._deployments.items()}}
+        data = dict(sorted(entries.items()))
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.")
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2)
@@ -316,7 +362,7 @@ class DeploymentStore:
         with self._checks:
             try:
                 proc = subprocess.run(
-                    [sys.executable, "-c", _CHECK_SCRIPT, str(path)],
+                    [sys.executable, "-c", _CHECK_SCRIPT, str(path.absolute())],
                     stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=path.parent,
                     timeout=self.import_timeout_s,
                     env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
@@ -334,6 +380,61 @@ class DeploymentStore:
         if not names:
             raise DeploymentError("module defines no @offload functions")
         return names
+
+    def _load_in_time(self, name: str, version: str, path: Path) -> tuple[ModuleType, dict[str, Callable[..., Any]]]:
+        """:func:`_load` within the import timeout.
+
+        The isolated check passed, but this import can still hang (the module may
+        behave differently the second time).  The import runs in a thread of its own;
+        past the timeout the caller gets :class:`ImportTimeoutError` and so releases
+        the name's lock, and the thread, which cannot be killed, is counted as hung
+        and drops whatever it loads when it ever finishes.
+        """
+        done = threading.Event()
+        abandoned = False
+        outcome: list[Any] = []
+        guard = threading.Lock()
+
+        def run() -> None:
+            nonlocal abandoned
+            try:
+                result: Any = _load(name, version, path)
+            except BaseException as exc:  # handed to the waiting thread, which raises it
+                result = exc
+            with guard:
+                outcome.append(result)
+                done.set()
+                late = abandoned
+            if late:
+                with self._lock:
+                    self._hung_imports -= 1
+                if isinstance(result, tuple):
+                    _forget(result[0])
+
+        thread = threading.Thread(target=run, name=f"dpdpu-import-{name}", daemon=True)
+        thread.start()
+        done.wait(self.import_timeout_s)
+        with guard:
+            if not outcome:
+                abandoned = True
+                with self._lock:
+                    self._hung_imports += 1
+                raise ImportTimeoutError(
+                    f"module did not finish importing in the agent within {self.import_timeout_s:g} s "
+                    "(its import thread is left running)"
+                )
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+
+def _unloaded(name: str, entry: dict[str, Any]) -> Deployment:
+    """A manifest entry that did not restore, as a deployment without functions."""
+    return Deployment(
+        name, str(entry.get("version", "")), str(entry.get("filename", "")), int(entry.get("size", 0) or 0),
+        float(entry.get("deployed_at", 0.0) or 0.0),
+    )  # fmt: skip
 
 
 def _check_name(name: str) -> None:
@@ -359,11 +460,12 @@ def _load(name: str, version: str, path: Path) -> tuple[ModuleType, dict[str, Ca
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
-        sys.modules.pop(module_name, None)
+        if sys.modules.get(module_name) is module:  # a later load of the same version may own the name now
+            del sys.modules[module_name]
         raise DeploymentError(f"module failed to import in the agent: {type(exc).__name__}: {exc}") from None
     offloads = find_offloads(module)
     if not offloads:
-        sys.modules.pop(module_name, None)
+        _forget(module)
         raise DeploymentError("module defines no @offload functions")
     return module, offloads
 

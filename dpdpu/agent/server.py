@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hmac
 import json
+import math
 import os
 import signal
 import sys
@@ -41,6 +42,7 @@ from .deployments import (
     DEFAULT_MAX_MODULE_BYTES,
     Deployment,
     DeploymentStore,
+    ImportTimeoutError,
     ModuleTooLargeError,
     UnknownDeploymentError,
     UnknownOffloadError,
@@ -174,6 +176,7 @@ _STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (UnknownDeploymentError, grpc.StatusCode.NOT_FOUND),
     (UnknownOffloadError, grpc.StatusCode.NOT_FOUND),
     (RuntimeClosedError, grpc.StatusCode.UNAVAILABLE),
+    (ImportTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
 )
 
@@ -202,7 +205,8 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.data_dir = Path(config.data_dir)
+        # Absolute from the start: state, token and module paths must not depend on a cwd.
+        self.data_dir = Path(config.data_dir).expanduser().absolute()
         host, _ = split_address(config.listen)
         self.token = ensure_token(self.data_dir)
         check_bind(host, self.token, config.tls)
@@ -353,19 +357,37 @@ class Agent:
         return self._stop.wait(timeout)
 
     def stop(self, grace_s: float | None = None) -> None:
-        """Stop taking calls, let in-flight ones finish for ``grace_s``, then close everything."""
+        """Stop taking calls, let in-flight ones finish for ``grace_s``, then close everything.
+
+        Returns after about ``grace_s`` even if offloads are still running: their calls
+        are cancelled, but their threads cannot be stopped (see :attr:`busy`).
+        """
         grace = self.config.grace_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
         self._draining = True
         if self._server is not None:
-            self._server.stop(grace).wait()
+            # Past the grace gRPC cancels the calls; the bound is for a handler that ignores it.
+            self._server.stop(grace).wait(grace + 1.0)
             self._server = None
         if self.flight is not None:
-            with contextlib.suppress(Exception):
-                self.flight.close()
+            # Flight's close waits for calls in progress, an invoke of a hung offload among them.
+            flight = self.flight
+            closer = threading.Thread(target=lambda: _quietly(flight.close), name="dpdpu-flight-close", daemon=True)
+            closer.start()
+            closer.join(max(0.1, deadline - time.monotonic()))
             self.flight = None
         if self.runtime is not None:
-            # Hung tasks would never let a draining shutdown finish.
-            self.runtime.shutdown(wait=self._hung == 0)
+            if self.busy:
+                # Closing the device waits for the tasks on it even without ``wait``, and
+                # running or hung offloads may never return: bounded by what is left of the grace.
+                runtime = self.runtime
+                closer = threading.Thread(
+                    target=lambda: _quietly(lambda: runtime.shutdown(wait=False)), name="dpdpu-close", daemon=True
+                )
+                closer.start()
+                closer.join(max(0.1, deadline - time.monotonic()))
+            else:
+                self.runtime.shutdown(wait=True)
         state = self.data_dir / STATE_FILE
         with contextlib.suppress(OSError, ValueError):
             if json.loads(state.read_text()).get("pid") == os.getpid():
@@ -376,6 +398,11 @@ class Agent:
     def hung(self) -> int:
         """Invocations past their timeout whose task is still running."""
         return self._hung
+
+    @property
+    def busy(self) -> bool:
+        """Whether threads are still inside offloads or module imports (nothing can join them)."""
+        return bool(self._in_flight or self._hung or self.store.hung_imports)
 
     # --- invocation ----------------------------------------------------------------
 
@@ -584,19 +611,70 @@ class Agent:
         """Flight action ``invoke``: ``{"offload": NAME, "args": [...] | {...}, "timeout_s": S}``.
 
         The result is the offload's value as JSON; bytes come as ``{"bytes_base64": ...}``.
+        Failures get the Flight status matching Invoke's gRPC status (see :func:`_flight_failure`).
         """
-        if isinstance(body, (bytes, bytearray, memoryview)):
-            body = json.loads(bytes(body) or b"{}")
-        elif isinstance(body, str):
-            body = json.loads(body or "{}")
+        import pyarrow as pa
+        import pyarrow.flight as flight
+
+        try:
+            if isinstance(body, (bytes, bytearray, memoryview)):
+                body = json.loads(bytes(body) or b"{}")
+            elif isinstance(body, str):
+                body = json.loads(body or "{}")
+        except ValueError as exc:
+            raise pa.ArrowInvalid(f"body of invoke is not valid JSON: {exc}") from None
         if not isinstance(body, dict) or not isinstance(body.get("offload"), str):
-            raise InvalidArgumentError('invoke takes {"offload": NAME, "args": [...]}')
-        raw = body.get("args", [])
-        args, kwargs = decode_args(json.dumps(raw), None)
-        value = self.invoke(body["offload"], args, kwargs, body.get("timeout_s"))
+            raise pa.ArrowInvalid('invoke takes {"offload": NAME, "args": [...] | {...}, "timeout_s": S}')
+        offload: str = body["offload"]
+        timeout = body.get("timeout_s")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout)
+            or timeout < 0
+        ):  # fmt: skip
+            raise pa.ArrowInvalid(f"timeout_s must be a number of seconds (0 or null: the agent's), not {timeout!r}")
+        args, kwargs = decode_args(json.dumps(body.get("args", [])), None)
+        try:
+            value = self.invoke(offload, args, kwargs, float(timeout) if timeout is not None else None)
+        except Exception as exc:
+            raise _flight_failure(offload, exc) from None
         if isinstance(value, (bytes, bytearray, memoryview)):
             return {"bytes_base64": base64.b64encode(value).decode()}
-        return value
+        try:
+            # The endpoint encodes with plain json: numpy and Arrow values go through ours first.
+            return json.loads(json.dumps(value, default=_json_default))
+        except (TypeError, ValueError) as exc:
+            with self._lock:
+                self._failures += 1
+            raise flight.FlightServerError(f"result of {offload} cannot be sent: {exc}") from None
+
+
+def _flight_failure(offload: str, exc: Exception) -> Exception:
+    """The Flight error for a failed invocation, with the status Invoke's gRPC reply would have.
+
+    Built here rather than left to the endpoint's mapping, which maps by exception
+    type: an offload's own KeyError or ValueError must not read as NOT_FOUND or
+    INVALID_ARGUMENT.
+    """
+    import pyarrow as pa
+    import pyarrow.flight as flight
+
+    out: Exception
+    if isinstance(exc, UnknownOffloadError):
+        out = pa.ArrowKeyError(str(exc))  # NOT_FOUND
+    elif isinstance(exc, (TooManyHungError, RuntimeClosedError)):
+        out = flight.FlightUnavailableError(str(exc))
+    elif isinstance(exc, TimeoutError):
+        out = flight.FlightTimedOutError(str(exc))
+    elif isinstance(exc, DpdpuError):
+        out = flight.FlightServerError(f"offload {offload} failed: {type(exc).__name__}: {exc}")
+    else:
+        out = flight.FlightServerError(f"offload {offload} raised {type(exc).__name__}: {exc}")
+    return out
+
+
+def _quietly(fn: Callable[[], object]) -> None:
+    with contextlib.suppress(Exception):
+        fn()
 
 
 def _guarded(fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
@@ -640,9 +718,12 @@ def run_agent(config: AgentConfig, *, out: Callable[[str], None] | None = None) 
         while not agent.wait(0.5):
             pass
     finally:
+        # Bounded by the grace: agent.json and the lock are released here, whatever still runs.
         agent.stop(agent.stop_grace_s)
-    if agent.hung:
-        # Engine threads still inside hung offloads must not run into interpreter finalization.
+    if agent.busy:
+        # Threads still inside offloads (or imports) past the grace cannot be stopped or
+        # joined, and a normal exit would wait for them (the thread pools join their
+        # threads at exit): leave without running Python's exit handlers.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
