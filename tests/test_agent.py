@@ -460,6 +460,7 @@ def test_soak_10000_invokes_keeps_memory_flat(agent: AgentProc, good: str) -> No
     before = rss_kib(agent.proc.pid)
     burst(10_000)
     after = rss_kib(agent.proc.pid)
+    print(f"\nsoak: agent RSS {before} KiB -> {after} KiB after 10,000 invokes ({after / before - 1:+.1%})")
     assert after <= before * 1.10, f"RSS grew from {before} KiB to {after} KiB"
 
 
