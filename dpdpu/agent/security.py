@@ -8,14 +8,13 @@ configuring there.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
+from ..network.addresses import is_loopback
 
 __all__ = [
     "TOKEN_FILE",
@@ -78,21 +77,6 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise InvalidArgumentError(f"expected HOST:PORT, got {address!r}")
     return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        # A name: loopback only if every address it resolves to is.
-        try:
-            infos = socket.getaddrinfo(host, None)
-        except OSError:
-            return False
-        return bool(infos) and all(ipaddress.ip_address(str(info[4][0])).is_loopback for info in infos)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from .. import errors
+from .addresses import is_loopback
 from .flight_catalog import UploadAbortedError
 
 __all__ = [
@@ -201,14 +202,5 @@ def check_location(location: str, tls: tuple[bytes, bytes] | None, token: str | 
 def is_unspecified(hostname: str) -> bool:
     try:
         return ipaddress.ip_address(hostname).is_unspecified
-    except ValueError:
-        return False
-
-
-def is_loopback(hostname: str) -> bool:
-    if hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(hostname).is_loopback
     except ValueError:
         return False

@@ -1,0 +1,22 @@
+"""Network addresses: which ones stay on this machine."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+__all__ = ["is_loopback"]
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses; a name only if every address it resolves to is."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except OSError:
+            return False
+        return bool(infos) and all(ipaddress.ip_address(str(info[4][0])).is_loopback for info in infos)
