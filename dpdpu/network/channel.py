@@ -179,7 +179,7 @@ def _cost_function(
         from ..runtime.cost import CostModel
         from ..runtime.profile import Profile
 
-        return CostModel(Profile.load(device)).transfer_seconds
+        return CostModel(Profile.of(device)).transfer_seconds
     if pcie is None:
         return None
     transfer = getattr(pcie, "transfer_seconds", None)

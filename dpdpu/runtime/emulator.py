@@ -107,8 +107,7 @@ class EmulatorDevice(Device):
         queue_depth: int = 0,
         coalescing: Coalescing | None = DEFAULT_COALESCING,
     ) -> None:
-        if not isinstance(profile, Profile):
-            profile = Profile.load(profile)
+        profile = Profile.of(profile)
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:

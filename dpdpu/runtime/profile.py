@@ -232,6 +232,13 @@ class Profile:
         return out
 
     @classmethod
+    def of(cls, spec: str | Path | Profile) -> Profile:
+        """``spec`` itself if it is a profile, else :meth:`load` it (an ``emulator:`` prefix is allowed)."""
+        if isinstance(spec, Profile):
+            return spec
+        return cls.load(str(spec).removeprefix("emulator:"))
+
+    @classmethod
     def load(cls, name_or_path: str | Path) -> Profile:
         """Load a built-in profile by name, or any profile from a TOML path."""
         text, where = _read(name_or_path)

@@ -864,7 +864,7 @@ def _report(mix: Mix, device: str, policy: str, seed: int, run: _Run, baseline_h
 
 
 def _profiles(device: str | Path | Profile) -> tuple[Profile, Profile]:
-    dpu = device if isinstance(device, Profile) else Profile.load(device)
+    dpu = Profile.of(device)
     if dpu.kind != "dpu":
         raise errors.InvalidArgumentError(
             f"device {dpu.name!r} is a {dpu.kind} profile; the simulator needs a DPU profile (the host is always there)"

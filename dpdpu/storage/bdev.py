@@ -224,7 +224,7 @@ class _Pending:
 def _load_model(device: str | Profile | None) -> StorageModel | None:
     if device is None:
         return None
-    profile = device if isinstance(device, Profile) else Profile.load(str(device).removeprefix("emulator:"))
+    profile = Profile.of(device)
     if profile.storage is None:
         return None
     return StorageModel(profile.storage, profile.name)

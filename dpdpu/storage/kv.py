@@ -176,9 +176,7 @@ class KvStore:
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.runtime = runtime
-        if isinstance(device, str):
-            device = Profile.load(device)
-        profile = device if device is not None else (runtime or current_runtime()).device.profile
+        profile = Profile.of(device) if device is not None else (runtime or current_runtime()).device.profile
         self.profile = profile
         self.dram_capacity = int(profile.memory.value) if dram_bytes is None else int(dram_bytes)
         self.disk_capacity = int(disk_bytes) if data_dir is not None else 0

@@ -342,7 +342,7 @@ def simulate(
         if trace is None or isinstance(trace, (str, Path))
         else _validate({"requests": list(trace)}, "trace")
     )
-    profile = device if isinstance(device, Profile) else Profile.load(device)
+    profile = Profile.of(device)
     shape = model_shape(model)
     if prefill_tokens_per_s <= 0 or not math.isfinite(prefill_tokens_per_s):
         raise errors.InvalidArgumentError(f"prefill_tokens_per_s must be positive, not {prefill_tokens_per_s!r}")

@@ -71,10 +71,6 @@ class ScanModel:
         return {**asdict(self), "speedup": self.speedup}
 
 
-def _profile(spec: str | Profile) -> Profile:
-    return spec if isinstance(spec, Profile) else Profile.load(str(spec).removeprefix("emulator:"))
-
-
 def _fastest(profile: Profile, op: str, *, on_device: bool) -> EngineProfile:
     """The engine of ``profile`` on the wanted side that runs ``op`` fastest over all its lanes."""
     engines = [e for e in profile.engines if e.on_device == on_device and op in e.costs]
@@ -96,7 +92,7 @@ def model_scan(result: ScanResult, device: str | Profile = "bluefield3", host: s
         InvalidArgumentError: the device profile has no ``[storage]`` section or
             no engine that runs the kernels.
     """
-    dpu, cpu = _profile(device), _profile(host)
+    dpu, cpu = Profile.of(device), Profile.of(host)
     if dpu.storage is None:
         raise errors.InvalidArgumentError(f"profile {dpu.name!r} describes no storage ([storage] section)")
     read_fixed, read_rate = dpu.storage.read_fixed_s, dpu.storage.read_bytes_per_s
