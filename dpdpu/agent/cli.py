@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..runtime.placement import POLICIES
+from ..runtime.placement import POLICIES, _size
 
 if TYPE_CHECKING:
     from .client import AgentClient
@@ -408,12 +408,6 @@ def _stats_view(data: dict[str, Any]) -> Any:
             f"{e['utilization']:.0%}",
         )  # fmt: skip
     return Group(summary, table)
-
-
-def _size(n: int) -> str:
-    from ..runtime.placement import _size as size
-
-    return size(n)
 
 
 @click.command()

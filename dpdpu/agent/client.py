@@ -39,6 +39,7 @@ __all__ = [
     "default_token",
 ]
 
+#: full name of the gRPC service (the server registers it under this name too)
 SERVICE = "dpdpu.agent.v1.Control"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 #: marks a call made without a deadline (grpc's ``timeout=None``)

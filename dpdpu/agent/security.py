@@ -44,14 +44,11 @@ def ensure_token(data_dir: Path) -> str:
     """The agent's token, created (0600) on first use."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / TOKEN_FILE
-    try:
-        token = path.read_text().strip()
-        if token:
-            if path.stat().st_mode & 0o077:
-                path.chmod(0o600)  # tighten a file someone loosened
-            return token
-    except FileNotFoundError:
-        pass
+    token = read_token(path)
+    if token is not None:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)  # tighten a file someone loosened
+        return token
     token = secrets.token_urlsafe(32)
     # Written to a private temporary then renamed: never world-readable, never half written.
     tmp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")

@@ -37,6 +37,7 @@ from .. import __version__
 from ..errors import DpdpuError, InvalidArgumentError, RuntimeClosedError
 from ..runtime.runtime import Runtime
 from ._proto import control_pb2 as pb
+from .client import SERVICE
 from .deployments import (
     DEFAULT_IMPORT_TIMEOUT_S,
     DEFAULT_MAX_MODULE_BYTES,
@@ -60,8 +61,6 @@ __all__ = [
     "run_agent",
 ]
 
-#: full name of the gRPC service
-SERVICE = "dpdpu.agent.v1.Control"
 #: file in the data directory naming the running agent's addresses and pid
 STATE_FILE = "agent.json"
 #: file in the data directory the running agent holds a lock on
@@ -616,10 +615,9 @@ class Agent:
         import pyarrow as pa
         import pyarrow.flight as flight
 
+        # The endpoint hands over the body JSON-decoded; a JSON string is taken as the JSON it holds.
         try:
-            if isinstance(body, (bytes, bytearray, memoryview)):
-                body = json.loads(bytes(body) or b"{}")
-            elif isinstance(body, str):
+            if isinstance(body, str):
                 body = json.loads(body or "{}")
         except ValueError as exc:
             raise pa.ArrowInvalid(f"body of invoke is not valid JSON: {exc}") from None

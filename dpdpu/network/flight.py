@@ -95,6 +95,7 @@ from .flight_server import BearerAuth, FlightConfigError, check_location, is_uns
 from .flight_tickets import (
     DEFAULT_KIND,
     ExchangeStep,
+    GetRequest,
     as_object,
     check_name,
     decode_json,
@@ -270,9 +271,9 @@ class FlightEndpoint:
         elif host is not None:
             self._host = HostLink(host, timeout=host_timeout)
         self._lock = threading.Lock()
-        self._counts = {"served": 0, "forwarded": 0, "puts": 0, "exchanges": 0, "exchange_bytes_in": 0}
-        self._counts["puts_aborted"] = 0
-        self._counts["exchange_bytes_out"] = 0
+        self._counts = dict.fromkeys(
+            ("served", "forwarded", "puts", "puts_aborted", "exchanges", "exchange_bytes_in", "exchange_bytes_out"), 0
+        )
         self._thread: threading.Thread | None = None
         self._closed = False
         self.catalog = Catalog(self.runtime, data_dir)
@@ -418,13 +419,8 @@ class FlightEndpoint:
         # pyarrow's reader ends the same way whether the client finished
         # writing or vanished part way (killed, connection lost, deadline): only
         # the call's cancellation tells a broken-off stream from a complete one.
-        aborted = context.is_cancelled
         try:
-            if aborted():
-                raise UploadAbortedError(
-                    f"the upload of dataset {req.dataset!r} broke off before it ended; nothing was stored", op="do_put"
-                )
-            stored = self.catalog.put(req, schema, batches, aborted)
+            stored = self.catalog.put(req, schema, batches, context.is_cancelled)
         except UploadAbortedError:
             self._count("puts_aborted")
             raise
@@ -469,7 +465,7 @@ class FlightEndpoint:
         schema = reader.schema
         # Running the per-batch steps on an empty batch checks them (before any
         # data is read) and gives the schema of what they produce.
-        probe = self._run_steps(ex.streaming, [_empty(schema)])
+        probe = self._run_steps(ex.streaming, _empty(schema))
         out_schema = probe.schema
         options = ipc_options(ex.compression)
         self._count("exchanges")
@@ -481,7 +477,7 @@ class FlightEndpoint:
             total += batch.get_total_buffer_size()
             if total > self.max_payload_bytes:
                 raise invalid(f"payload too large: do_exchange exceeds max_payload_bytes ({self.max_payload_bytes})")
-            out = self._run_steps(ex.streaming, [batch])
+            out = self._run_steps(ex.streaming, batch)
             if ex.final:
                 kept.append(out)
             elif out.num_rows:
@@ -498,8 +494,7 @@ class FlightEndpoint:
             writer.write_table(table)
             self._count("exchange_bytes_out", table.nbytes)
 
-    def _run_steps(self, steps: list[ExchangeStep], batches: list[pa.RecordBatch]) -> pa.RecordBatch:
-        (data,) = batches
+    def _run_steps(self, steps: list[ExchangeStep], data: pa.RecordBatch) -> pa.RecordBatch:
         for step in steps:
             data = self._step(step, data)
         return data
@@ -513,13 +508,15 @@ class FlightEndpoint:
         keys, aggs = step.arg
         return dpdpu_aggregate(_table(data), keys, aggs, runtime=rt)
 
-    def _info_of(self, stored: StoredDataset, request: dict[str, Any] | None) -> flight.FlightInfo:
-        if request is None:
-            request = {"dataset": stored.name}
-            descriptor = flight.FlightDescriptor.for_path(stored.name)
-        else:
-            descriptor = flight.FlightDescriptor.for_command(json.dumps(request).encode())
-        req = parse_get(request, "descriptor command")
+    def _info_of(self, stored: StoredDataset, req: GetRequest | None) -> flight.FlightInfo:
+        """What a query ``req`` of ``stored`` returns; None: the whole dataset, under its path descriptor."""
+        by_path = req is None
+        if req is None:
+            req = GetRequest(stored.name, raw={"dataset": stored.name})
+        command = json.dumps(req.raw).encode()
+        descriptor = (
+            flight.FlightDescriptor.for_path(stored.name) if by_path else flight.FlightDescriptor.for_command(command)
+        )
         schema = stored.schema
         rows, nbytes = stored.num_rows, stored.nbytes
         if req.columns is not None:
@@ -538,7 +535,7 @@ class FlightEndpoint:
         # No location means "where you got this": right when listening on every
         # address, since this server cannot know which of them the client reached.
         locations = [] if self._unspecified else [self.location]
-        endpoint = flight.FlightEndpoint(json.dumps(request).encode(), locations)
+        endpoint = flight.FlightEndpoint(command, locations)
         return flight.FlightInfo(schema, descriptor, [endpoint], rows, nbytes)
 
     def _get_flight_info(self, context: Any, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
@@ -551,10 +548,9 @@ class FlightEndpoint:
             info: flight.FlightInfo = service.get_flight_info(request, context)
             return info
         req = parse_get(request, "descriptor")
-        info = self._info_of(self.catalog.get(req.dataset), request)
-        if descriptor.descriptor_type == flight.DescriptorType.PATH:
-            return flight.FlightInfo(info.schema, descriptor, info.endpoints, info.total_records, info.total_bytes)
-        return info
+        # A path descriptor names the whole dataset: described as list_flights does.
+        by_path = descriptor.descriptor_type == flight.DescriptorType.PATH
+        return self._info_of(self.catalog.get(req.dataset), None if by_path else req)
 
     # --- actions -----------------------------------------------------------------------------------
 

@@ -119,7 +119,6 @@ class Catalog:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # uploads to the file service, one at a time
         self._sets: dict[str, StoredDataset] = {}
-        self._memory_bytes = 0
         self._version = 0
         self.fs: FileService | None = None
         if data_dir is not None:
@@ -165,7 +164,6 @@ class Catalog:
         """Release the file service (memory datasets are simply dropped)."""
         with self._lock:
             self._sets.clear()
-            self._memory_bytes = 0
         if self.fs is not None:
             self.fs.close()
 
@@ -192,7 +190,8 @@ class Catalog:
     @property
     def memory_bytes(self) -> int:
         """Bytes of DPU memory the in-memory datasets hold."""
-        return self._memory_bytes
+        with self._lock:
+            return sum(s.nbytes for s in self._sets.values() if s.where == "memory")
 
     def memory_limit(self) -> int | None:
         """Bytes this endpoint's in-memory datasets could hold in all: what they hold plus what is free.
@@ -202,7 +201,7 @@ class Catalog:
         """
         device = self.runtime.device
         capacity = device.memory_capacity
-        return None if capacity is None else self._memory_bytes + max(0, capacity - device.memory_used)
+        return None if capacity is None else self.memory_bytes + max(0, capacity - device.memory_used)
 
     def _reserve(self, req: PutRequest, nbytes: int) -> list[DeviceBuffer]:
         """Charge ``nbytes`` to the device's memory ([] for nothing: the device refuses empty buffers)."""
@@ -231,10 +230,12 @@ class Catalog:
     ) -> StoredDataset:
         """Store an upload under ``req.mode``; return the dataset's new current version.
 
-        ``aborted`` is asked once more just before the new version is made
-        current: a stream that broke off while it was being stored must not
-        replace the dataset (``UploadAbortedError``; the old version stands).
+        ``aborted`` is asked first, and for a file upload once more just
+        before the new version is made current: a stream that broke off (also
+        while it was being written) must not replace the dataset
+        (``UploadAbortedError``; the old version stands).
         """
+        self._check_aborted(req, aborted)
         if len(set(schema.names)) != len(schema.names):
             raise invalid(f"column names of a dataset must be unique, not {schema.names}")
         if self.fs is None:
@@ -268,36 +269,25 @@ class Catalog:
         with self._lock:
             old = self._sets.get(req.dataset)
             self._check_mode(req, old, schema)
-            self._check_aborted(req, aborted)
-            appending = old is not None and req.mode == "append"
-            freed = 0 if old is None or appending else old.nbytes
             reserved = self._reserve(req, added)
-            if appending:
-                assert old is not None and old.batches is not None
-                all_batches = [*old.batches, *batches]
+            rows = sum(b.num_rows for b in batches)
+            if old is not None and req.mode == "append":
+                assert old.batches is not None
                 stored = StoredDataset(
                     req.dataset,
                     old.schema,
-                    old.num_rows + sum(b.num_rows for b in batches),
+                    old.num_rows + rows,
                     old.nbytes + added,
                     "memory",
-                    batches=all_batches,
+                    batches=[*old.batches, *batches],
                     reservations=[*old.reservations, *reserved],
-                    counters=old.counters,
                 )
             else:
                 stored = StoredDataset(
-                    req.dataset,
-                    schema,
-                    sum(b.num_rows for b in batches),
-                    added,
-                    "memory",
-                    batches=list(batches),
-                    reservations=reserved,
+                    req.dataset, schema, rows, added, "memory", batches=list(batches), reservations=reserved
                 )
-                if old is not None:
-                    stored.counters = old.counters
-            self._memory_bytes += added - freed
+            if old is not None:
+                stored.counters = old.counters
             self._sets[req.dataset] = stored
             return stored
 
@@ -357,8 +347,6 @@ class Catalog:
         with self._write_lock:
             with self._lock:
                 stored = self._sets.pop(name, None)
-                if stored is not None and stored.where == "memory":
-                    self._memory_bytes -= stored.nbytes
             if stored is None:
                 return False
             if self.fs is not None and stored.file is not None:

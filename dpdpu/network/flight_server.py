@@ -30,7 +30,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -137,10 +137,7 @@ def mapped(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            out = _for_wire(flight_error(exc), exc)
-            if out is exc:
-                raise
-            raise out from exc
+            _raise_mapped(exc)
 
     return wrapper  # type: ignore[return-value]
 
@@ -151,10 +148,14 @@ def mapped_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
     try:
         yield from batches
     except Exception as exc:
-        out = _for_wire(flight_error(exc), exc)
-        if out is exc:
-            raise
-        raise out from exc
+        _raise_mapped(exc)
+
+
+def _raise_mapped(exc: Exception) -> NoReturn:
+    out = _for_wire(flight_error(exc), exc)
+    if out is exc:
+        raise exc
+    raise out from exc
 
 
 # --- auth ---------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from functools import cached_property
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -48,9 +49,7 @@ from ..compute.kernels import project as dpdpu_project
 from ..runtime.profile import Profile
 from ..runtime.runtime import Runtime, current_runtime
 from .fs import FileService, split_path
-
-if TYPE_CHECKING:
-    from .scan_model import ScanModel
+from .scan_model import ScanModel, model_scan
 
 __all__ = ["Dataset", "DatasetFormat", "ScanResult", "open_dataset", "write_dataset"]
 
@@ -191,8 +190,6 @@ class ScanResult:
 
         See :func:`dpdpu.storage.scan_model.model_scan`.
         """
-        from .scan_model import model_scan
-
         return model_scan(self, device, host)
 
 
@@ -240,9 +237,10 @@ class Dataset:
         """Rows in the dataset."""
         return sum(self.row_group_rows)
 
-    @property
+    @cached_property
     def dataset_bytes(self) -> int:
         """In-memory size of the whole dataset (Parquet: uncompressed row-group sizes; IPC: the file)."""
+        # From the footer read at open, which every scan checks still describes the file.
         if self.format == "parquet":
             meta = self._parquet_metadata
             return sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))

@@ -37,6 +37,7 @@ from typing import Any
 from .. import errors
 from ..network.channel import ChannelPair
 from ..runtime.native import error_for, ffi, lib
+from ..runtime.runtime import current_runtime
 from .fs import FileService
 
 __all__ = [
@@ -292,6 +293,11 @@ def _error_record(rid: int, exc: BaseException, where: str = "") -> bytes:
     return _RSP.pack(rid, _ST_ERROR) + text.encode("utf-8", "replace")
 
 
+def _forward(req: DdsRequest, why: int) -> bytes:
+    # The host answers forwarded requests itself: the record tells the front end to.
+    return _RSP.pack(req.id, _ST_FORWARD) + bytes([why]) + req.key
+
+
 class DdsBackEnd:
     """The DPU side: serves batches of read requests arriving on ``pair``.
 
@@ -351,8 +357,6 @@ class DdsBackEnd:
         if self._thread is not None:
             raise errors.InvalidArgumentError("this back end was started already")
         if self._runtime is None and self._uses_offload():
-            from ..runtime.runtime import current_runtime
-
             # The worker thread does not inherit the caller's `with Runtime()` context.
             self._runtime = current_runtime()
         self._thread = threading.Thread(target=self.serve, name="dpdpu-dds-backend", daemon=True)
@@ -404,69 +408,88 @@ class DdsBackEnd:
         """The response records of a batch of request records (one each, in order)."""
         out: list[bytes | None] = [None] * len(messages)
         requests: list[tuple[int, DdsRequest]] = []
-        bad = control = 0
         for i, msg in enumerate(messages):
             try:
                 kind = msg[8] if len(msg) > 8 else _KIND_GET
                 if kind != _KIND_GET:
                     out[i] = self._control(msg)
-                    control += 1
                     continue
                 requests.append((i, self._parse(msg)))
             except errors.DpdpuError as exc:
                 rid = _REQ.unpack_from(msg)[0] if len(msg) >= 8 else 0
                 out[i] = _error_record(rid, exc)
-                bad += 1
-        self._count(requests=len(messages) - control, batches=1, failed=bad, control=control)
 
         on_dpu: list[tuple[int, DdsRequest]] = []
         to_host: list[tuple[int, DdsRequest]] = []
         for (i, req), decision in zip(requests, self._map(self._predicate, [r for _, r in requests]), strict=True):
             if isinstance(decision, BaseException):
-                out[i] = self._fail(req, decision, "offload predicate")
+                out[i] = _error_record(req.id, decision, "offload predicate")
             elif decision is None or decision:
                 on_dpu.append((i, req))
             else:
                 to_host.append((i, req))
 
-        reads: list[tuple[int, DdsRequest, concurrent.futures.Future[bytes]]] = []
-        want: dict[int, int] = {}
+        reads: list[tuple[int, DdsRequest, int, concurrent.futures.Future[bytes]]] = []
         locations = self._map(self._function or self._lookup, [r for _, r in on_dpu])
         for (i, req), where in zip(on_dpu, locations, strict=True):
             if isinstance(where, BaseException):
-                out[i] = self._fail(req, where, "offload function")
+                out[i] = _error_record(req.id, where, "offload function")
                 continue
             if where is None:
-                self._count(misses=1)
-                out[i] = self._forward(req, _WHY_MISS)
+                out[i] = _forward(req, _WHY_MISS)
                 continue
             try:
                 file, offset, nbytes = where
-                reads.append((i, req, self.fs.read(file, offset, nbytes)))
-                want[i] = nbytes
+                reads.append((i, req, nbytes, self.fs.read(file, offset, nbytes)))
             except Exception as exc:  # a malformed location fails this request only
-                out[i] = self._fail(req, exc, "offload function")
+                out[i] = _error_record(req.id, exc, "offload function")
 
         for i, req in to_host:
-            out[i] = self._forward(req)
-        for i, req, future in reads:
+            out[i] = _forward(req, _WHY_PREDICATE)
+        for i, req, nbytes, future in reads:
             try:
                 data = future.result()
             except Exception as exc:
-                out[i] = self._fail(req, exc, "read")
+                out[i] = _error_record(req.id, exc, "read")
                 continue
-            if len(data) != want[i]:
+            if len(data) != nbytes:
                 # The file no longer holds what the entry says: never hand back a short value.
                 err = errors.TruncatedDataError(
-                    f"key {req.key!r} maps to {want[i]} bytes but only {len(data)} are there "
+                    f"key {req.key!r} maps to {nbytes} bytes but only {len(data)} are there "
                     "(the file is shorter than the cache entry says)",
                     op="dds_get",
                 )
-                out[i] = self._fail(req, err, "")
+                out[i] = _error_record(req.id, err)
                 continue
-            self._count(dpu_served=1, dpu_bytes=len(data))
             out[i] = _RSP.pack(req.id, _ST_DPU) + data
-        return [r if r is not None else b"" for r in out]
+        responses = [r if r is not None else b"" for r in out]
+        self._tally(responses)
+        return responses
+
+    def _tally(self, responses: list[bytes]) -> None:
+        # The counters follow from the answers themselves (their status, forwarding reason and value
+        # size), added once per batch rather than under the lock for every request.
+        counts = dict.fromkeys(self._counts, 0)
+        counts["batches"] = 1
+        for rsp in responses:
+            if len(rsp) < _RSP.size:
+                continue
+            status = rsp[8]
+            if status == _ST_DONE:
+                counts["control"] += 1
+                continue
+            counts["requests"] += 1
+            if status == _ST_DPU:
+                counts["dpu_served"] += 1
+                counts["dpu_bytes"] += len(rsp) - _RSP.size
+            elif status == _ST_FORWARD:
+                counts["forwarded"] += 1
+                counts["misses"] += rsp[_RSP.size] == _WHY_MISS
+            else:
+                counts["failed"] += 1
+        with self._lock:
+            for name, delta in counts.items():
+                self._counts[name] += delta
 
     def _parse(self, msg: bytes) -> DdsRequest:
         if len(msg) < _REQ.size:
@@ -492,11 +515,7 @@ class DdsBackEnd:
             return [None] * len(reqs)
         results: list[Any] = []
         if hasattr(fn, "__dpdpu_offload__"):
-            runtime = self._runtime
-            if runtime is None:
-                from ..runtime.runtime import current_runtime
-
-                runtime = current_runtime()
+            runtime = self._runtime if self._runtime is not None else current_runtime()
             futures: list[Any] = []
             for req in reqs:
                 try:
@@ -518,11 +537,6 @@ class DdsBackEnd:
             except Exception as exc:
                 results.append(exc)
         return results
-
-    def _forward(self, req: DdsRequest, why: int = _WHY_PREDICATE) -> bytes:
-        # The host answers forwarded requests itself: the record tells the front end to.
-        self._count(forwarded=1)
-        return _RSP.pack(req.id, _ST_FORWARD) + bytes([why]) + req.key
 
     def _control(self, msg: bytes) -> bytes:
         """Answer a cache update or stats request from the front end."""
@@ -557,15 +571,6 @@ class DdsBackEnd:
                 )
             return _RSP.pack(rid, _ST_DONE) + bytes([self.cache.put(key, version, file, offset, size)])
         raise errors.InvalidArgumentError(f"unknown request kind {kind}")
-
-    def _fail(self, req: DdsRequest, exc: BaseException, where: str) -> bytes:
-        self._count(failed=1)
-        return _error_record(req.id, exc, where)
-
-    def _count(self, **deltas: int) -> None:
-        with self._lock:
-            for name, delta in deltas.items():
-                self._counts[name] += delta
 
     def _send(self, responses: list[bytes]) -> None:
         limit = self.pair.tx.max_message

@@ -34,7 +34,9 @@ from typing import Any
 
 from .. import errors
 from ..network.channel import ChannelPair
+from ..runtime.runtime import Runtime
 from .dds import CacheTable, DdsBackEnd, DdsFrontEnd, HostHandler
+from .fs import FileService
 
 __all__ = ["BackEndStartError", "DdsProcess", "main"]
 
@@ -200,10 +202,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="bluefield3", help="runtime and storage profile")
     parser.add_argument("--max-batch", type=int, default=256)
     args = parser.parse_args(argv)
-
-    from ..runtime.runtime import Runtime
-    from .fs import FileService
-
     try:
         predicate = _load(args.predicate) if args.predicate else None
         function = _load(args.function) if args.function else None

@@ -279,7 +279,10 @@ class KvStore:
         self._check_open()
         arr_tokens = as_tokens(tokens)
         arr = self._as_kv(kv, len(arr_tokens))
-        keys = self.keys(arr_tokens)
+        return self._store(self.keys(arr_tokens), arr)
+
+    def _store(self, keys: list[bytes], arr: np.ndarray[Any, Any]) -> int:
+        """:meth:`store` of chunks whose keys are known and data checked."""
         added: list[bytes] = []
         c = self.chunk_tokens
         with self._ctx():
@@ -453,7 +456,11 @@ class KvStore:
             complete = len(done) == self.model.layers and self._staged.get(keys[-1]) is staged
             if complete:
                 del self._staged[keys[-1]]
-        return self.store(arr_tokens[:full], buf) if complete else 0
+        if not complete:
+            return 0
+        # The keys of the full chunks are those of every token: no need to hash them again.
+        self._check_open()
+        return self._store(keys, buf)
 
     def _as_kv_layer(self, kv_layer: Any, ntokens: int) -> np.ndarray[Any, Any]:
         m = self.model
@@ -480,7 +487,7 @@ class KvStore:
             self._counters["lookups"] += 1
         return n * self.chunk_tokens
 
-    def _plan(self, keys: list[bytes], *, count: bool = True) -> list[tuple[bytes, str, Any]]:
+    def _plan(self, keys: list[bytes]) -> list[tuple[bytes, str, Any]]:
         plan: list[tuple[bytes, str, Any]] = []
         with self._lock:
             for key in keys:

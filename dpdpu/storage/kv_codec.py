@@ -119,17 +119,6 @@ def encode(chunk: np.ndarray[Any, Any], model: ModelShape, *, rep: str = "raw", 
     return Encoded(rep, codec, tokens, segments=segs, raw_lens=lens, quant_error=quant)
 
 
-def recode(enc: Encoded, model: ModelShape, codec: str | None) -> Encoded:
-    """The same chunk with its segments compressed by ``codec`` instead (the representation stays)."""
-    _check_codec(codec)
-    if enc.codec == codec and enc.array is None:
-        return enc
-    raw = layer_segments(enc, model)
-    lens = [len(s) for s in raw]
-    segs = [bytes(s) for s in raw] if codec is None else [codecs.compress(s, codec) for s in raw]
-    return Encoded(enc.rep, codec, enc.tokens, segments=segs, raw_lens=lens, quant_error=enc.quant_error)
-
-
 def layer_segments(enc: Encoded, model: ModelShape) -> list[Any]:
     """Every layer segment uncompressed (views of the array where it can)."""
     if enc.array is not None:

@@ -231,8 +231,9 @@ class DiskTier:
             segs = [codecs.compress(s, codec) for s in raw]
         lens = [len(memoryview(s).cast("B")) for s in segs]
         crcs = [codecs.crc32c(s) for s in segs]
-        quant = None if enc.rep == "raw" or enc.quant_error is None else list(enc.quant_error)
+        quant = None if enc.rep == "raw" else enc.quant_error
         meta: dict[str, Any] = {"key": key.hex(), "root": self.root.hex(), "rep": enc.rep, "codec": codec}
+        # (a tuple goes to JSON as a list)
         meta.update(tokens=enc.tokens, quant_error=quant, lens=lens, raw_lens=raw_lens, crcs=crcs)
         body = json.dumps(meta, separators=(",", ":")).encode()
         block = self.fs.block_size
@@ -241,8 +242,7 @@ class DiskTier:
         _FIXED.pack_into(header, 0, _MAGIC, _VERSION, header_bytes, len(body), codecs.crc32c(body))
         header[_FIXED.size : _FIXED.size + len(body)] = body
         path = f"{self.dir}/{key.hex()}"
-        qe = None if quant is None else (quant[0], quant[1])
-        chunk = DiskChunk(key, enc.rep, codec, enc.tokens, header_bytes, lens, raw_lens, crcs, path, block, qe)
+        chunk = DiskChunk(key, enc.rep, codec, enc.tokens, header_bytes, lens, raw_lens, crcs, path, block, quant)
         return chunk, [header, *segs]
 
     def write(self, chunk: DiskChunk, buffers: list[Any]) -> DiskChunk:

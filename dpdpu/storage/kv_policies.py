@@ -25,6 +25,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from typing import Protocol
 
+from .. import errors
+
 __all__ = ["POLICIES", "EvictionPolicy", "LruPolicy", "S3FifoPolicy", "make_policy"]
 
 
@@ -196,6 +198,4 @@ def make_policy(name: str, capacity: int) -> LruPolicy | S3FifoPolicy:
         return LruPolicy(capacity)
     if name in ("s3fifo", "s3-fifo"):
         return S3FifoPolicy(capacity)
-    from .. import errors
-
     raise errors.InvalidArgumentError(f"unknown eviction policy {name!r}; choose one of {', '.join(POLICIES)}")

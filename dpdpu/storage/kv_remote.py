@@ -34,6 +34,7 @@ every chunk pinned: a server error) and the client raises them as
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -67,6 +68,18 @@ def _server_error(exc: Exception) -> Exception:
     else:
         mapped = flight.FlightServerError(f"{type(exc).__name__}: {exc}")
     return mapped
+
+
+@contextlib.contextmanager
+def _flight_errors() -> Iterator[None]:
+    """Raise what the block raises as the Flight error the client maps back (see :meth:`RemoteKvStore._call`)."""
+    try:
+        yield
+    except Exception as exc:
+        mapped = _server_error(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
 
 
 def _chunk_batch(chunk: np.ndarray[Any, Any]) -> pa.RecordBatch:
@@ -104,13 +117,8 @@ class KvFlightService:
 
     def do_get(self, request: dict[str, Any], context: Any) -> flight.FlightDataStream:
         """Answer ``info``, ``lookup`` and ``retrieve`` tickets (see the module docstring)."""
-        try:
+        with _flight_errors():
             return self._do_get(request)
-        except Exception as exc:
-            mapped = _server_error(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
 
     def _do_get(self, request: dict[str, Any]) -> flight.FlightDataStream:
         op = request.get("op")
@@ -139,13 +147,8 @@ class KvFlightService:
 
     def do_put(self, request: dict[str, Any], reader: Any, writer: Any, context: Any) -> None:
         """Take a ``store``: one batch per full chunk of the tokens."""
-        try:
+        with _flight_errors():
             self._do_put(request, reader, writer)
-        except Exception as exc:
-            mapped = _server_error(exc)
-            if mapped is exc:
-                raise
-            raise mapped from exc
 
     def _do_put(self, request: dict[str, Any], reader: Any, writer: Any) -> None:
         if request.get("op") != "store" or set(request) - {"kind", "op", "tokens"}:

@@ -67,7 +67,9 @@ from typing import Any
 import numpy as np
 
 from .. import errors
+from ..runtime.cost import CostModel
 from ..runtime.profile import Profile
+from .bdev import StorageModel
 from .kv_keys import ModelShape, chunk_keys, root_key
 from .kv_policies import make_policy
 
@@ -351,8 +353,9 @@ def simulate(
         disk_bytes = 0  # a profile without storage has no disk tier
     dram_cap = int(profile.memory.value) if dram_bytes is None else int(dram_bytes)
     chunk_bytes = chunk_tokens * shape.bytes_per_token
-    pcie_bps = profile.pcie_bytes_per_s or float("inf")
-    pcie_fixed = profile.pcie_fixed_s
+    # Every chunk is the same size: its PCIe and storage write times are fixed for the run.
+    chunk_pcie_s = CostModel(profile).transfer_seconds(chunk_bytes)
+    chunk_write_s = StorageModel(storage).service_s("write", chunk_bytes) if storage is not None else 0.0
     root = root_key(shape)
     dram = make_policy(policy, dram_cap)
     disk = make_policy(policy, disk_bytes)
@@ -375,8 +378,7 @@ def simulate(
         on_disk.add(key)
         disk.insert(key, chunk_bytes)
         totals["disk_write"] += chunk_bytes
-        assert storage is not None
-        write_s += storage.write_fixed_s + chunk_bytes / storage.write_bytes_per_s
+        write_s += chunk_write_s
 
     def to_dram(key: bytes) -> None:
         if key in in_dram:
@@ -409,16 +411,14 @@ def simulate(
         hit_chunks = n_dram + n_disk
         prompt = len(tokens)
         hit = hit_chunks * chunk_tokens
-        load = 0.0
-        if n_dram:
-            load += n_dram * pcie_fixed + n_dram * chunk_bytes / pcie_bps
+        # Every hit crosses PCIe; disk hits are read first, their latencies spread over the slots.
+        load = hit_chunks * chunk_pcie_s
         if n_disk:
             assert storage is not None
             load += (
                 math.ceil(n_disk / storage.slots) * storage.read_fixed_s
                 + n_disk * chunk_bytes / storage.read_bytes_per_s
             )
-            load += n_disk * pcie_fixed + n_disk * chunk_bytes / pcie_bps
         full = prompt / prefill_tokens_per_s
         rest = max(prompt - hit, 1 if hit else 0) / prefill_tokens_per_s
         with_tier = max(load, rest) + min(load, rest) / shape.layers if hit else full
