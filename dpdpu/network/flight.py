@@ -88,10 +88,11 @@ from ..compute.kernels import aggregate as dpdpu_aggregate
 from ..compute.kernels import filter as dpdpu_filter
 from ..compute.kernels import project as dpdpu_project
 from ..runtime.runtime import Runtime, current_runtime
+from .addresses import is_unspecified
 from .channel import ChannelPair
 from .flight_catalog import Catalog, DatasetNotFoundError, StoredDataset, UploadAbortedError
 from .flight_routing import HostHandler, HostLink
-from .flight_server import BearerAuth, FlightConfigError, check_location, is_unspecified, mapped, mapped_batches
+from .flight_server import BearerAuth, FlightConfigError, check_location, mapped, mapped_batches
 from .flight_tickets import (
     DEFAULT_KIND,
     ExchangeStep,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hmac
-import ipaddress
 import logging
 import threading
 import traceback
@@ -45,7 +44,6 @@ __all__ = [
     "FlightConfigError",
     "check_location",
     "flight_error",
-    "is_unspecified",
     "mapped",
     "mapped_batches",
 ]
@@ -198,10 +196,3 @@ def check_location(location: str, tls: tuple[bytes, bytes] | None, token: str | 
             "the port could read and replace datasets"
         )
     return ("grpc+tls" if tls is not None else "grpc"), parts.hostname
-
-
-def is_unspecified(hostname: str) -> bool:
-    try:
-        return ipaddress.ip_address(hostname).is_unspecified
-    except ValueError:
-        return False
