@@ -7,9 +7,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from dpdpu import Runtime
 from dpdpu.runtime.profile import builtin_profiles
+
+
+# Property-based fuzz tests (tests/fuzz/) take their example counts from the
+# active profile: "dpdpu" keeps the suite fast; "fuzz" runs them long:
+#   pytest tests/fuzz --hypothesis-profile=fuzz
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+settings.register_profile("dpdpu", max_examples=100, deadline=None, suppress_health_check=_SLOW_OK)
+settings.register_profile("fuzz", max_examples=50_000, deadline=None, suppress_health_check=_SLOW_OK)
+settings.load_profile("dpdpu")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
