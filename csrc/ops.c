@@ -11,8 +11,10 @@
 
 uint64_t dpdpu_deflate_bound(uint64_t len)
 {
-    /* zlib's compressBound() for a single call, widened to 64 bits. */
-    return len + (len >> 12) + (len >> 14) + (len >> 25) + 13 + 6;
+    /* zlib's compressBound() for a single call, widened to 64 bits, plus room
+     * for the full-flush markers of a job split into segments of 12 KiB or more
+     * (at most 6 bytes each). */
+    return len + (len >> 11) + (len >> 12) + (len >> 14) + (len >> 25) + 13 + 12;
 }
 
 static int op_memcpy(struct dpdpu_task *t)
@@ -27,32 +29,78 @@ static int op_memcpy(struct dpdpu_task *t)
     return DPDPU_OK;
 }
 
-static int op_compress(struct dpdpu_task *t)
+static int zlib_status(int rc)
 {
-    uLongf out_len = (uLongf)t->dst.len;
-    int rc;
-
-    if (t->dst.len < dpdpu_deflate_bound(t->src.len)) {
-        /* compress2 would fail part-way; say what is needed up front. */
-        t->needed = dpdpu_deflate_bound(t->src.len);
-        return DPDPU_ERR_BUFFER_TOO_SMALL;
-    }
-    rc = compress2((Bytef *)t->dst.addr, &out_len, (const Bytef *)t->src.addr, (uLong)t->src.len,
-                   (int)t->param);
     switch (rc) {
-    case Z_OK:
-        t->result = out_len;
-        return DPDPU_OK;
     case Z_MEM_ERROR:
         return DPDPU_ERR_NO_MEMORY;
-    case Z_BUF_ERROR:
-        t->needed = dpdpu_deflate_bound(t->src.len);
-        return DPDPU_ERR_BUFFER_TOO_SMALL;
     case Z_STREAM_ERROR:
         return DPDPU_ERR_INVALID_ARGUMENT;
     default:
         return DPDPU_ERR_INTERNAL;
     }
+}
+
+/* Compress src into one zlib stream.  A job larger than the engine's largest
+ * (segment < src.len) is cut into segments of at most `segment` bytes, each
+ * ended by a full flush: the dictionary is reset, so every segment decodes on
+ * its own -- the independent jobs a hardware engine with a job-size limit would
+ * run -- while the whole stays one standard zlib stream. */
+static int op_compress(struct dpdpu_task *t, uint64_t segment)
+{
+    z_stream zs;
+    uint8_t *in = t->src.addr, *out = t->dst.addr;
+    uint64_t left = t->src.len, room = t->dst.len, take, need;
+    int rc, flush, status = DPDPU_OK;
+
+    if (segment == 0 || segment > UINT_MAX)
+        segment = UINT_MAX;
+    need = dpdpu_deflate_bound(t->src.len);
+    if (segment < 12288) /* the bound covers flush markers of 12 KiB segments and up */
+        need += 16 * (t->src.len / segment + 1);
+    if (t->dst.len < need) {
+        /* deflate would fail part-way; say what is needed up front. */
+        t->needed = need;
+        return DPDPU_ERR_BUFFER_TOO_SMALL;
+    }
+    memset(&zs, 0, sizeof(zs));
+    rc = deflateInit(&zs, (int)t->param);
+    if (rc != Z_OK)
+        return zlib_status(rc);
+    do {
+        take = left < segment ? left : segment;
+        left -= take;
+        flush = left == 0 ? Z_FINISH : Z_FULL_FLUSH;
+        zs.next_in = in;
+        zs.avail_in = (uInt)take;
+        in += take;
+        do {
+            uInt chunk = room > UINT_MAX ? UINT_MAX : (uInt)room;
+            zs.next_out = out;
+            zs.avail_out = chunk;
+            rc = deflate(&zs, flush);
+            out += chunk - zs.avail_out;
+            room -= chunk - zs.avail_out;
+            if (rc == Z_STREAM_ERROR) {
+                status = DPDPU_ERR_INTERNAL;
+                goto done;
+            }
+            if (zs.avail_out != 0 || rc == Z_STREAM_END)
+                break;
+            if (room == 0) { /* cannot happen within the bound; never write past dst */
+                status = DPDPU_ERR_INTERNAL;
+                goto done;
+            }
+        } while (1);
+    } while (left != 0);
+    if (rc != Z_STREAM_END) {
+        status = DPDPU_ERR_INTERNAL;
+        goto done;
+    }
+    t->result = (uint64_t)(out - (uint8_t *)t->dst.addr);
+done:
+    deflateEnd(&zs);
+    return status;
 }
 
 /* Feed the next slice of a 64-bit length through zlib's 32-bit counters. */
@@ -138,7 +186,6 @@ out:
 int dpdpu__op_execute(struct dpdpu_dev *dev, struct dpdpu_task *task)
 {
     struct dpdpu_engine *e = &dev->engines[task->engine];
-    uint64_t limit;
 
     switch (task->op) {
     case DPDPU_OP_NOP:
@@ -146,10 +193,11 @@ int dpdpu__op_execute(struct dpdpu_dev *dev, struct dpdpu_task *task)
     case DPDPU_OP_MEMCPY:
         return op_memcpy(task);
     case DPDPU_OP_DEFLATE_COMPRESS:
-        return op_compress(task);
+        return op_compress(task, e->max_job_bytes == UINT64_MAX ? 0 : e->max_job_bytes);
     case DPDPU_OP_DEFLATE_DECOMPRESS:
-        limit = e->max_job_bytes < DPDPU_COUNT_LIMIT ? e->max_job_bytes : DPDPU_COUNT_LIMIT;
-        return op_decompress(task, limit);
+        /* Count past the engine's largest job too: the size is what lets the
+         * runtime hand the job to an engine that can take it. */
+        return op_decompress(task, DPDPU_COUNT_LIMIT);
     case DPDPU_OP_CRC32C:
         task->result = dpdpu_crc32c((uint32_t)task->param, task->src.addr, task->src.len);
         return DPDPU_OK;

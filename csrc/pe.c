@@ -307,7 +307,9 @@ int dpdpu_task_submit(struct dpdpu_pe *pe, struct dpdpu_dev *dev, struct dpdpu_t
         return rc;
     if (task->op == DPDPU_OP_DEFLATE_COMPRESS && (task->param < -1 || task->param > 9))
         return DPDPU_ERR_INVALID_ARGUMENT;
-    if (task->src.len > e->max_job_bytes)
+    /* A deflate compression larger than the engine's largest job runs as
+     * segments of that size (ops.c); every other job must fit. */
+    if (task->src.len > e->max_job_bytes && task->op != DPDPU_OP_DEFLATE_COMPRESS)
         return DPDPU_ERR_TOO_LARGE;
     if (task->op == DPDPU_OP_DEFLATE_DECOMPRESS && task->dst.len > e->max_job_bytes)
         return DPDPU_ERR_TOO_LARGE;

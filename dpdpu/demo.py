@@ -150,7 +150,7 @@ def _run_step(
 
 def run_demo(
     size: int = 32 << 20,
-    chunk: int = 1 << 20,
+    chunk: int = 16 << 10,
     *,
     level: int = 6,
     seed: int = 0,

@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, settings
 from dpdpu import Runtime
 from dpdpu.runtime.profile import builtin_profiles
 
-
 # Property-based fuzz tests (tests/fuzz/) take their example counts from the
 # active profile: "dpdpu" keeps the suite fast; "fuzz" runs them long:
 #   pytest tests/fuzz --hypothesis-profile=fuzz

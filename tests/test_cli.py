@@ -40,16 +40,18 @@ def test_devices_table_and_json() -> None:
 
 
 def test_demo_json_report() -> None:
-    result = CliRunner().invoke(main, ["demo", "--size", "2", "--chunk", "256", "--json"])
+    result = CliRunner().invoke(main, ["demo", "--size", "2", "--chunk", "16", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["verified"] is True and report["size"] == 2 << 20
     steps = {(s["step"], s["device"]): s for s in report["steps"]}
     assert set(steps["compress", "bluefield2"]["engines"]) <= {"bluefield2/accelerator", "bluefield2/arm"}
     assert "bluefield2/accelerator" in steps["compress", "bluefield2"]["engines"]
-    assert steps["compress", "bluefield3"]["engines"] == {"bluefield3/arm": 8}
+    assert "bluefield3/accelerator" not in steps["compress", "bluefield3"]["engines"]
     assert "no deflate_compress in bluefield3 hardware" in steps["compress", "bluefield3"]["why"]
-    assert steps["decompress", "bluefield3"]["engines"] == {"bluefield3/accelerator": 8}
+    # pages that compress fit the hardware's 16 KiB jobs; incompressible ones grow past it
+    decompress = steps["decompress", "bluefield3"]["engines"]
+    assert decompress["bluefield3/accelerator"] > decompress.get("bluefield3/arm", 0)
     assert set(steps["compress", "host"]["engines"]) == {"host/cpu"}
     for step in steps.values():
         assert step["modeled_s"] > 0 and step["wall_s"] > 0

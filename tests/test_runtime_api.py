@@ -240,15 +240,17 @@ def test_shutdown_and_use_after_close() -> None:
 
 
 def test_shutdown_without_waiting_fails_queued_work() -> None:
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
 
     @offload(engine="host")
     def hold() -> int:
+        started.set()
         gate.wait(5)
         return 1
 
     rt = Runtime("host", workers=1)
     first = rt.submit(hold)
+    assert started.wait(5)  # running, so shutting down without waiting lets it finish
     queued = [rt.submit(compute.compress, b"q" * 1000) for _ in range(3)]
     threading.Timer(0.05, gate.set).start()
     rt.shutdown(wait=False)

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 from .profile import EngineProfile, Profile
 
-__all__ = ["ZLIB_LEVEL_SPEED", "CostModel", "EngineClock", "Timeline"]
+__all__ = ["SPLITTABLE", "ZLIB_LEVEL_SPEED", "CostModel", "EngineClock", "Timeline"]
+
+#: Ops whose output format lets a job larger than an engine's largest run as
+#: several independent jobs: deflate compression ends each segment with a full
+#: flush, so the segments decode on their own and together form one zlib stream.
+SPLITTABLE = frozenset({"deflate_compress"})
 
 #: Software deflate throughput at each zlib level relative to level 6, which
 #: the profiles' figures are given for.  Assumption: from zlib 1.2.13 on mixed
@@ -42,26 +47,42 @@ class CostModel:
         engine: EngineProfile,
         op: str,
         nbytes: int,
+        out_bytes: int = 0,
         *,
         level: int | None = None,
         host_seconds: float | None = None,
     ) -> float:
         """Modeled time one lane of ``engine`` spends on the job.
 
+        ``out_bytes`` is the job's output (known, or estimated before it
+        runs); ops whose profile gives an output ceiling charge for it.
         ``host_seconds`` is the host run time of a Python function (measured
-        or estimated); the engine's ``python_slowdown`` scales it.
+        or estimated); the engine's ``python_slowdown`` scales it.  A job
+        larger than the engine's largest that the format lets split
+        (:data:`SPLITTABLE`) is charged as that many jobs, one after another.
         """
+        dispatch = 0.0 if engine.dispatch is None else float(engine.dispatch.value)
         if op == "python":
             slowdown = engine.python_slowdown.value if engine.python_slowdown is not None else 1.0
-            return float(engine.dispatch.value) + (host_seconds or 0.0) * float(slowdown)
+            return dispatch + (host_seconds or 0.0) * float(slowdown)
         cost = engine.costs.get(op)
-        if cost is None:  # nop, or an op without a figure: dispatch only
-            return float(engine.dispatch.value)
-        seconds = cost.seconds(nbytes)
+        if cost is None:  # nop: the hand-off only
+            return dispatch
+        jobs = self.jobs(engine, op, nbytes)
+        seconds = cost.seconds(nbytes, out_bytes) + (jobs - 1) * cost.fixed_s
         if op == "deflate_compress" and engine.kind in ("arm", "host"):
             speed = ZLIB_LEVEL_SPEED.get(6 if level is None or level < 0 else level, 1.0)
-            seconds = cost.fixed_s + (seconds - cost.fixed_s) / speed
+            setup = jobs * cost.fixed_s
+            seconds = setup + (seconds - setup) / speed
         return seconds
+
+    @staticmethod
+    def jobs(engine: EngineProfile, op: str, nbytes: int) -> int:
+        """How many jobs a task of ``nbytes`` is split into on ``engine`` (1 unless too large and splittable)."""
+        limit = engine.max_job_bytes
+        if op not in SPLITTABLE or limit is None or nbytes <= int(limit.value):
+            return 1
+        return -(-nbytes // int(limit.value))
 
     def transfer_seconds(self, nbytes: int) -> float:
         """Modeled PCIe time to move ``nbytes`` between host and device."""
@@ -93,6 +114,8 @@ class Timeline:
     #: of the transfers, the time the link itself is busy (the rest is latency)
     link_in_s: float = 0.0
     link_out_s: float = 0.0
+    #: merged into a batch that had already paid the set-up
+    coalesced: bool = False
 
     @property
     def transfer_s(self) -> float:

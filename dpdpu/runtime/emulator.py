@@ -124,6 +124,7 @@ class EmulatorDevice(Device):
         self._errors = dict.fromkeys(self._clocks, 0)
         self._pcie_bytes = dict.fromkeys(self._clocks, 0)
         self._py_history: dict[str, float] = {}
+        self._output_costs = {(e.name, op) for e in profile.engines for op, c in e.costs.items() if c.per_out_s > 0}
         self._records: dict[int, _Record] = {}
         self._submit_lock = threading.Lock()
         self._drain_lock = threading.Lock()
@@ -228,7 +229,11 @@ class EmulatorDevice(Device):
                     return Refusal("unsupported", f"its data lives in {obj.device} memory")
         if op not in OPS:
             return Refusal("unsupported", f"unknown op {op!r}")
-        out = task.dst_size if task.dst is None else payload_nbytes(task.dst)
+        # A guessed output does not refuse: a hardware engine tries its largest job, then hands over.
+        if task.grow_output:
+            out = 0
+        else:  # a codec run as a callback gives its output size as a hint
+            out = (task.dst_size or task.out_hint) if task.dst is None else payload_nbytes(task.dst)
         refusal = self.model.refusal(op, task.nbytes, engine, out)
         if refusal is not None:
             return refusal
@@ -260,20 +265,21 @@ class EmulatorDevice(Device):
             src = sum(payload_nbytes(a) for a in (*task.args, *(task.kwargs or {}).values()))
         else:
             src = 0 if isinstance(task.src, DeviceBuffer) else task.nbytes
-        if _keeps_output(task, self.label):
-            out = 0
-        else:
-            out = task.out_hint or int(task.nbytes * self.model.out_ratio(task.op))
+        out = 0 if _keeps_output(task, self.label) else self._out_estimate(task)
         if where.device == self.label:
             src = 0
         return src, out
+
+    def _out_estimate(self, task: Task) -> int:
+        """The task's output size: given, else the op's learned (or assumed) ratio to its input."""
+        return task.out_hint or int(task.nbytes * self.model.out_ratio(task.op))
 
     def estimate(self, task: Task, engine: EngineInfo, arrival_s: float) -> Timeline:
         """Modeled timeline on ``engine`` if submitted now (charges nothing)."""
         b_in, b_out = self._transfers(task, engine)
         return self.model.estimate(
             engine, task.op, task.nbytes, arrival_s, bytes_in=b_in, bytes_out=b_out,
-            level=task.level, host_seconds=self._host_seconds(task),
+            out_bytes=self._out_estimate(task), level=task.level, host_seconds=self._host_seconds(task),
         )  # fmt: skip
 
     def submit(
@@ -282,6 +288,10 @@ class EmulatorDevice(Device):
         """Run ``task`` on ``engine`` for real and charge its modeled time."""
         if placement is None:
             placement = Placement(task.label, task.op, task.nbytes, engine.label, engine.kind, "direct", [])
+        jobs = self.model.jobs(engine.name, task.op, task.nbytes)
+        if jobs > 1:
+            note = f"ran as {jobs} jobs of at most {_size(engine.max_job_bytes or 0)} (independent segments)"
+            placement.notes = [*(placement.notes or ()), note]
         future = TaskFuture()
         future.placement = placement
         future._waiter = self._wait_for
@@ -319,8 +329,11 @@ class EmulatorDevice(Device):
             self._bind(rec, task.src, dst=False)
         if task.op in _NEEDS_DST:
             if task.dst is None:
-                memory = _raw_alloc("char[]", max(task.dst_size, 1))
-                self.native.map_raw(ct, memory, task.dst_size, dst=True)
+                size = task.dst_size
+                if task.grow_output and engine.max_job_bytes is not None:
+                    size = min(size, engine.max_job_bytes)
+                memory = _raw_alloc("char[]", max(size, 1))
+                self.native.map_raw(ct, memory, size, dst=True)
                 rec.keep.append(memory)
             else:
                 self._bind(rec, task.dst, dst=True)
@@ -461,12 +474,17 @@ class EmulatorDevice(Device):
                     self._fail(rec, placement, exc)
                     return
             learns = task.op in _LEARNED_RATIOS and task.nbytes
-            if rec.crosses or learns:
+            charged_out = self._charges_output(rec)
+            if rec.crosses or learns or charged_out:
                 out_bytes = ct.result if task.op in _NEEDS_DST else _out_bytes(task, value)
                 if rec.crosses:
                     self._pcie_bytes[rec.engine.name] += out_bytes
                 if learns:
                     self.model.observe(rec.engine.name, task.op, bytes_in=task.nbytes, bytes_out=out_bytes)
+                if charged_out and placement.timeline is not None and out_bytes != self._out_estimate(task):
+                    # The charge assumed an output size; the job's real one is known now.
+                    real = self.model.exec_seconds(rec.engine.name, task.op, task.nbytes, out_bytes)
+                    self.model.adjust(rec.engine, placement.timeline, real)
             placement.status = "ok"
             if published:
                 future.set_result(value)
@@ -492,6 +510,10 @@ class EmulatorDevice(Device):
             err.needed = int(ct.needed) or None
         self._fail(rec, placement, err)
 
+    def _charges_output(self, rec: _Record) -> bool:
+        """True if the op's cost on the task's engine depends on its output size."""
+        return (rec.engine.name, rec.task.op) in self._output_costs
+
     def _fail(self, rec: _Record, placement: Placement, exc: BaseException, status: str | None = None) -> None:
         self._errors[rec.engine.name] += 1
         placement.status = status or getattr(exc, "code", None) or "error"
@@ -510,11 +532,21 @@ class EmulatorDevice(Device):
             op=task.op, src=task.src, dst=None, dst_size=needed, param=task.param, level=task.level,
             name=task.name, nbytes=task.nbytes, out_hint=needed, convert=task.convert,
         )  # fmt: skip
-        if self.can_run(rerun, engine) is not None:
+        refusal = self.can_run(rerun, engine)
+        if refusal is not None:
             other = next((e for e in self.engines if self.can_run(rerun, e) is None), None)
-            if other is None:
-                return False
-            placement.fallback = f"the {needed}-byte output is too large for {engine.label}"
+            if other is None or placement.strict:
+                if refusal.kind != "too_large":
+                    return False
+                err = errors.JobTooLargeError(
+                    f"the {_size(needed)} output does not fit {engine.label}: {refusal.reason}"
+                    + (" and fallback is forbidden" if placement.strict else ""),
+                    device=self.label,
+                    op=task.op,
+                )
+                self._fail(rec, placement, err)
+                return True
+            placement.fallback = f"{engine.label} cannot take the {_size(needed)} output: {refusal.reason}"
             placement.engine, placement.kind, engine = other.label, other.kind, other
         placement.attempts += 1
         placement.notes = [

@@ -11,9 +11,10 @@ Two refinements make the model more than a table lookup:
   really cost (its execution time and its output size); estimates of later
   tasks of the same op on the same engine are scaled by the learned factor,
   and output sizes (hence PCIe bytes) by the learned output ratio;
-* **coalescing**: small tasks of the same op arriving at an engine within a
-  short delay of each other share one dispatch and one DMA set-up, up to a
-  bounded count per batch, as dpManager batches small requests.
+* **coalescing**: small tasks of an op whose profile lets it coalesce, arriving
+  at an engine within a short delay of each other, are merged into one job
+  that pays one set-up and one DMA set-up, up to a bounded count per batch, as
+  dpManager merges small requests for the kernels that enable it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from .cost import CostModel, EngineClock, Timeline
+from .cost import SPLITTABLE, CostModel, EngineClock, Timeline
 from .device import EngineInfo, Refusal
 from .placement import _size
 from .profile import Profile
@@ -43,16 +44,22 @@ DEFAULT_OUT_RATIO = {
 
 @dataclass(frozen=True)
 class Coalescing:
-    """How small tasks are batched: at most ``max_tasks`` per batch, each of
-    at most ``max_bytes``, arriving within ``max_delay_s`` of the batch's first.
+    """How small tasks are merged into one job: at most ``max_tasks`` per batch,
+    each of at most ``max_bytes``, arriving within ``max_delay_s`` of the
+    batch's first task and starting within ``max_delay_s`` of the batch's start
+    (one merged job, not a queue of them), the batch no larger than the
+    engine's largest job.
 
-    Defaults are assumptions in the spirit of dpManager: batch what is
-    smaller than a page and arrives within a few microseconds.
+    ``max_tasks`` and ``max_delay_s`` are dpManager's (``MAX_COALESCE_INPUT_NUM``
+    64 and ``COALESCE_TIMEOUT`` 50 us in ``DPManager/coalescing.hpp``);
+    ``max_bytes``, the size below which a task counts as small, is an
+    assumption.  Only ops whose profile sets ``coalesce = true`` are merged:
+    dpKernels enables it per kernel and not for decompression.
     """
 
-    max_tasks: int = 32
+    max_tasks: int = 64
     max_bytes: int = 4096
-    max_delay_s: float = 5e-6
+    max_delay_s: float = 50e-6
 
 
 #: The coalescing devices use unless told otherwise.
@@ -63,7 +70,9 @@ DEFAULT_COALESCING = Coalescing()
 class _Batch:
     op: str
     opened_s: float
+    start_s: float
     count: int
+    nbytes: int
 
 
 class DeviceModel:
@@ -98,8 +107,13 @@ class DeviceModel:
         self._factor: dict[tuple[str, str], float] = {}
         self._out_ratio: dict[str, float] = {}
         self._batches: dict[str, _Batch] = {}
-        # The DPU's manager batches small requests to its engines; host threads take them one by one.
-        self._batching = {e.name: e.on_device for e in self.engines}
+        # The DPU's manager merges small requests of the ops that allow it; host threads take them one by one.
+        self._merges = {
+            e.name: frozenset(op for op, c in self._eprof[e.name].costs.items() if c.coalesces) if e.on_device
+            else frozenset()
+            for e in self.engines
+        }  # fmt: skip
+        self._limits = {e.name: e.max_job_bytes for e in self.engines}
         self._lock = threading.Lock()
 
     # --- estimates ---------------------------------------------------------------
@@ -115,24 +129,43 @@ class DeviceModel:
                 return Refusal("unsupported", "runs no Python code")
             return Refusal("unsupported", f"does not run {op}")
         limit = engine.max_job_bytes
-        if limit is not None:
+        if limit is not None and op not in SPLITTABLE:
             size = max(nbytes, out_bytes) if op.endswith("_decompress") else nbytes
             if size > limit:
-                return Refusal("too_large", f"a {_size(size)} job exceeds the {_size(limit)} maximum job size")
+                fig = self._eprof[engine.name].max_job_bytes
+                cite = f" ({fig.cite()})" if fig is not None else ""
+                big, cap = _size(size), _size(limit)
+                if big == cap:  # too close to tell apart in rounded units
+                    big, cap = f"{size:,} B", f"{limit:,} B"
+                return Refusal("too_large", f"a {big} job exceeds the {cap} largest job{cite}")
         return None
 
     def fixed_seconds(self, engine: str, op: str) -> float:
-        """The per-task part of an op's cost on an engine."""
+        """The per-job set-up of an op on an engine."""
         eprof = self._eprof[engine]
         cost = eprof.costs.get(op)
-        return float(eprof.dispatch.value) if cost is None else cost.fixed_s
+        if cost is not None:
+            return cost.fixed_s
+        return 0.0 if eprof.dispatch is None else float(eprof.dispatch.value)
 
     def exec_seconds(
-        self, engine: str, op: str, nbytes: int, *, level: int | None = None, host_seconds: float | None = None
+        self,
+        engine: str,
+        op: str,
+        nbytes: int,
+        out_bytes: int = 0,
+        *,
+        level: int | None = None,
+        host_seconds: float | None = None,
     ) -> float:
         """Modeled time one lane of ``engine`` spends on the job, with the learned correction."""
-        seconds = self.cost.exec_seconds(self._eprof[engine], op, nbytes, level=level, host_seconds=host_seconds)
+        eprof = self._eprof[engine]
+        seconds = self.cost.exec_seconds(eprof, op, nbytes, out_bytes, level=level, host_seconds=host_seconds)
         return seconds * self._factor.get((engine, op), 1.0)
+
+    def jobs(self, engine: str, op: str, nbytes: int) -> int:
+        """How many jobs a task is split into on ``engine``."""
+        return self.cost.jobs(self._eprof[engine], op, nbytes)
 
     def out_ratio(self, op: str) -> float:
         """Learned (else assumed) output bytes per input byte of ``op``."""
@@ -140,15 +173,20 @@ class DeviceModel:
 
     def _coalesced(self, engine: str, op: str, nbytes: int, ready_s: float) -> bool:
         c = self.coalescing
-        if c is None or nbytes > c.max_bytes or not self._batching[engine]:
+        if c is None or nbytes > c.max_bytes or op not in self._merges[engine]:
             return False
         batch = self._batches.get(engine)
-        return (
-            batch is not None
-            and batch.op == op
-            and batch.count < c.max_tasks
-            and batch.opened_s <= ready_s <= batch.opened_s + c.max_delay_s
-        )
+        if batch is None or batch.op != op or batch.count >= c.max_tasks:
+            return False
+        limit = self._limits[engine]
+        if limit is not None and batch.nbytes + nbytes > limit:
+            return False
+        # The manager's window counts from the batch's first arrival, and a
+        # member must start while the merged job does: a task that would queue
+        # behind it on the lane belongs to a later job.
+        if not batch.opened_s <= ready_s <= batch.opened_s + c.max_delay_s:
+            return False
+        return self.clocks[engine].peek(ready_s) <= batch.start_s + c.max_delay_s
 
     def estimate(
         self,
@@ -159,19 +197,21 @@ class DeviceModel:
         *,
         bytes_in: int = 0,
         bytes_out: int = 0,
+        out_bytes: int = 0,
         level: int | None = None,
         host_seconds: float | None = None,
         cross: bool | None = None,
     ) -> Timeline:
         """Modeled timeline of a task on ``engine`` if submitted now (charges nothing).
 
-        ``bytes_in``/``bytes_out`` cross PCIe before and after it runs (only
-        on engines that are on the other side of the link).  ``cross``
+        ``out_bytes`` is the task's output, for ops whose cost depends on
+        it.  ``bytes_in``/``bytes_out`` cross PCIe before and after it runs
+        (only on engines that are on the other side of the link).  ``cross``
         overrides which side that is: True charges the transfers on any
         engine (a host engine pulling data that lives on the DPU), False
         never; None leaves it to the engine.
         """
-        exec_s = self.exec_seconds(engine.name, op, nbytes, level=level, host_seconds=host_seconds)
+        exec_s = self.exec_seconds(engine.name, op, nbytes, out_bytes, level=level, host_seconds=host_seconds)
         joins = self._coalesced(engine.name, op, nbytes, arrival_s)
         if joins:  # the batch already paid the dispatch and the DMA set-up
             exec_s = max(0.0, exec_s - self.fixed_seconds(engine.name, op))
@@ -188,7 +228,7 @@ class DeviceModel:
         end = start + exec_s
         if link_out and self.dma_out_clock is not None:
             end = self.dma_out_clock.peek(end)
-        return Timeline(arrival_s, start, end + out_s, exec_s, in_s, out_s, link_in, link_out)
+        return Timeline(arrival_s, start, end + out_s, exec_s, in_s, out_s, link_in, link_out, coalesced=joins)
 
     # --- charges -------------------------------------------------------------------
 
@@ -199,21 +239,33 @@ class DeviceModel:
         transfer is latency.  Results go back on the link's outbound lane
         once the task has run.
         """
+        exec_s, coalesced = plan.exec_s, False
+        c = self.coalescing
+        merges = c is not None and nbytes <= c.max_bytes and op in self._merges[engine.name]
+        if merges:
+            with self._lock:
+                coalesced = plan.coalesced and self._coalesced(engine.name, op, nbytes, plan.arrival_s)
+            if plan.coalesced and not coalesced:  # the batch closed since the estimate: pay the set-up
+                exec_s += self.fixed_seconds(engine.name, op) * self._factor.get((engine.name, op), 1.0)
         in_s, out_s = plan.transfer_in_s, plan.transfer_out_s
         ready = plan.arrival_s + in_s
         if plan.link_in_s and self.dma_clock is not None:
             ready = self.dma_clock.charge(plan.arrival_s, plan.link_in_s)[1] + (in_s - plan.link_in_s)
-        start, end = self.clocks[engine.name].charge(ready, plan.exec_s)
+        start, end = self.clocks[engine.name].charge(ready, exec_s)
         finish = end + out_s
         if plan.link_out_s and self.dma_out_clock is not None:
             finish = self.dma_out_clock.charge(end, plan.link_out_s)[1] + (out_s - plan.link_out_s)
-        if self.coalescing is not None and nbytes <= self.coalescing.max_bytes and self._batching[engine.name]:
+        if merges:
             with self._lock:
-                if self._coalesced(engine.name, op, nbytes, plan.arrival_s):
-                    self._batches[engine.name].count += 1
+                batch = self._batches.get(engine.name)
+                if coalesced and batch is not None:
+                    batch.count += 1
+                    batch.nbytes += nbytes
                 else:
-                    self._batches[engine.name] = _Batch(op, plan.arrival_s, 1)
-        return Timeline(arrival_s, start, finish, plan.exec_s, in_s, out_s, plan.link_in_s, plan.link_out_s)
+                    self._batches[engine.name] = _Batch(op, plan.arrival_s, start, 1, nbytes)
+        return Timeline(
+            arrival_s, start, finish, exec_s, in_s, out_s, plan.link_in_s, plan.link_out_s, coalesced=coalesced
+        )
 
     def uncharge(self, engine: EngineInfo, timeline: Timeline) -> None:
         """Give back a charge whose task never ran (its submission failed)."""

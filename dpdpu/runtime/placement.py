@@ -74,6 +74,8 @@ class Placement:
     queued_wall_s: float | None = None
     attempts: int = 1
     notes: list[str] | None = None
+    #: pinned with fallback forbidden: the task may run on its engine only
+    strict: bool = False
 
     @property
     def modeled_s(self) -> float | None:
@@ -273,6 +275,7 @@ def place(
     placement = Placement(
         task.label, task.op, task.nbytes, info.label, info.kind, label, [o[2] for o in options], note, chosen.timeline
     )
+    placement.strict = engine is not None and not fallback
     return placement, dev, info
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "EngineProfile",
     "Figure",
     "OpCost",
+    "Point",
     "Profile",
     "StorageProfile",
     "builtin_profiles",
@@ -55,30 +56,77 @@ class Figure:
 
 
 @dataclass(frozen=True)
-class OpCost:
-    """Cost of one op on one engine lane: ``fixed_s + nbytes * per_byte_s``.
+class Point:
+    """One published measurement of an op: a job's input and output bytes and its throughput."""
 
-    Built either from a throughput (``mib_per_s`` plus ``fixed_us``) or from
-    measured points ``[[job bytes, MiB/s], ...]`` fitted by least squares, in
-    both cases optionally scaled by ``scale`` (a throughput multiplier used to
-    derive one device's curve from another's).
+    in_bytes: int
+    out_bytes: int | None
+    mib_per_s: float
+    #: which side of the job the throughput counts: ``"input"`` or ``"output"``
+    rate_of: str = "input"
+
+    @property
+    def seconds(self) -> float:
+        """Time of one job at this throughput."""
+        nbytes = self.in_bytes if self.rate_of == "input" else self.out_bytes
+        return float(nbytes or 0) / (self.mib_per_s * _MIB)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Cost of one job of an op on one engine lane.
+
+    ``seconds(in, out) = max(setup + in * per_in_s, out * per_out_s)``: a job
+    pays its set-up and the time to consume its input, and never less than
+    the time to produce its output (an engine streams, decoding and writing
+    at once, so the slower side bounds it).  Any term may be zero; a job
+    with only a set-up (``fit = "fixed"``) is what the hardware's nearly flat
+    published per-job times give.
+
+    The set-up is the op's own fixed part where its figures give one (the
+    intercept of measured points, or ``fixed_us``), else the engine's
+    ``dispatch_us``: every job pays one set-up, never two.
     """
 
     op: str
-    fixed_s: float
-    per_byte_s: float
+    per_in_s: float
+    setup: Figure
     source: str
     assumption: bool = False
     note: str = ""
+    #: seconds per output byte: the output ceiling (0: none)
+    per_out_s: float = 0.0
+    #: the figure behind ``per_out_s``
+    out_rate: Figure | None = None
+    #: whether small jobs of this op are coalesced into one job (dpManager style)
+    coalesce: Figure | None = None
+    #: the published points the curve was fitted to (calibrated)
+    points: tuple[Point, ...] = ()
+    #: published points kept out of the fit on purpose (predictions)
+    held_out: tuple[Point, ...] = ()
+    #: throughput multiplier applied to the points (a curve derived from another device's)
+    scale: float = 1.0
 
-    def seconds(self, nbytes: int) -> float:
-        """Modeled time for a job of ``nbytes`` on one lane."""
-        return self.fixed_s + nbytes * self.per_byte_s
+    @property
+    def fixed_s(self) -> float:
+        """The per-job set-up, in seconds."""
+        return float(self.setup.value)
+
+    def seconds(self, nbytes: int, out_bytes: int = 0) -> float:
+        """Modeled time for one job of ``nbytes`` of input and ``out_bytes`` of output on one lane."""
+        streaming = float(self.setup.value) + nbytes * self.per_in_s
+        floor = out_bytes * self.per_out_s
+        return floor if floor > streaming else streaming
 
     @property
     def mib_per_s(self) -> float:
-        """Asymptotic throughput of one lane."""
-        return math.inf if self.per_byte_s == 0 else 1.0 / (self.per_byte_s * _MIB)
+        """Asymptotic input throughput of one lane."""
+        return math.inf if self.per_in_s == 0 else 1.0 / (self.per_in_s * _MIB)
+
+    @property
+    def coalesces(self) -> bool:
+        """True if the profile lets small jobs of this op share one job."""
+        return self.coalesce is not None and self.coalesce.value is True
 
 
 @dataclass(frozen=True)
@@ -89,7 +137,8 @@ class EngineProfile:
     kind: str
     lanes: Figure
     costs: Mapping[str, OpCost]
-    dispatch: Figure
+    #: handing one task to the engine (seconds): the set-up of Python tasks and of ops without one of their own
+    dispatch: Figure | None
     max_job_bytes: Figure | None = None
     python_slowdown: Figure | None = None
 
@@ -112,20 +161,28 @@ class StorageProfile:
     """The device's storage as the block device model sees it.
 
     An I/O holds one of ``parallelism`` queue slots for its fixed latency plus
-    its transfer, and transfers share one channel at the bandwidth.  The fixed
-    read latency is the published small-I/O latency (measured at
-    ``latency_io_bytes``) minus that I/O's transfer time.
+    its transfer, and transfers share one channel at the bandwidth.  The
+    figures are fio's: ``fio_jobs`` I/Os kept in flight (fio's ``numjobs`` x
+    ``iodepth``), 4 MB random reads and sequential writes for the bandwidths,
+    8 KB random reads for the fixed read latency: at the run's I/Os in
+    flight, the model serves 8 KB random reads at the published throughput.
+    Writes and sequential reads scale that latency by their factors.  The
+    published 8 KB latency (``read_latency_us``) is kept out of the
+    calibration where the throughput is given, as a prediction.
     """
 
     medium: Figure
     read_mb_per_s: Figure
     write_mb_per_s: Figure
     read_latency_us: Figure
-    write_latency_us: Figure
     flush_us: Figure
     parallelism: Figure
-    #: published small random-read throughput, kept to check the model against
+    #: published small random-read throughput, which the fixed read latency reproduces
     random_read_8k_mb_per_s: Figure | None = None
+    fio_jobs: Figure | None = None
+    write_latency_us: Figure | None = None
+    write_fixed_factor: Figure | None = None
+    seq_read_fixed_factor: Figure | None = None
     latency_io_bytes: int = 8192
 
     @property
@@ -139,16 +196,35 @@ class StorageProfile:
         return float(self.write_mb_per_s.value) * 1e6
 
     @property
+    def in_flight(self) -> int:
+        """I/Os the published runs kept in flight (fio's jobs x iodepth)."""
+        return self.slots if self.fio_jobs is None else int(self.fio_jobs.value)
+
+    @property
     def read_fixed_s(self) -> float:
-        """Per-read latency apart from the transfer."""
-        total = float(self.read_latency_us.value) * 1e-6
-        return max(0.0, total - self.latency_io_bytes / self.read_bytes_per_s)
+        """Per-read latency of a random read apart from the transfer."""
+        io = self.latency_io_bytes
+        if self.random_read_8k_mb_per_s is not None:
+            served = min(self.slots, self.in_flight)
+            total = served * io / (float(self.random_read_8k_mb_per_s.value) * 1e6)
+        else:
+            total = float(self.read_latency_us.value) * 1e-6
+        return max(0.0, total - io / self.read_bytes_per_s)
+
+    @property
+    def seq_read_fixed_s(self) -> float:
+        """Per-read latency of a read that continues an earlier one, apart from the transfer."""
+        factor = 1.0 if self.seq_read_fixed_factor is None else float(self.seq_read_fixed_factor.value)
+        return self.read_fixed_s * factor
 
     @property
     def write_fixed_s(self) -> float:
         """Per-write latency apart from the transfer."""
-        total = float(self.write_latency_us.value) * 1e-6
-        return max(0.0, total - self.latency_io_bytes / self.write_bytes_per_s)
+        if self.write_latency_us is not None:
+            total = float(self.write_latency_us.value) * 1e-6
+            return max(0.0, total - self.latency_io_bytes / self.write_bytes_per_s)
+        factor = 1.0 if self.write_fixed_factor is None else float(self.write_fixed_factor.value)
+        return self.read_fixed_s * factor
 
     @property
     def flush_s(self) -> float:
@@ -163,20 +239,17 @@ class StorageProfile:
     def figures(self) -> dict[str, Figure]:
         """Every figure of the section by its TOML key."""
         out = {key: getattr(self, key) for key in _STORAGE_KEYS}
-        if self.random_read_8k_mb_per_s is not None:
-            out["random_read_8k_mb_per_s"] = self.random_read_8k_mb_per_s
+        for key in _STORAGE_OPTIONAL:
+            fig = getattr(self, key)
+            if fig is not None:
+                out[key] = fig
         return out
 
 
-_STORAGE_KEYS = (
-    "medium",
-    "read_mb_per_s",
-    "write_mb_per_s",
-    "read_latency_us",
-    "write_latency_us",
-    "flush_us",
-    "parallelism",
-)
+_STORAGE_KEYS = ("medium", "read_mb_per_s", "write_mb_per_s", "read_latency_us", "flush_us", "parallelism")
+_STORAGE_OPTIONAL = (
+    "random_read_8k_mb_per_s", "fio_jobs", "write_latency_us", "write_fixed_factor", "seq_read_fixed_factor",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -225,6 +298,12 @@ class Profile:
             for cost in engine.costs.values():
                 if cost.assumption:
                     out.append(f"{engine.name}.{cost.op}: {cost.source}")
+                # The op's own set-up and its output ceiling are figures of their own.
+                if cost.setup.assumption and cost.setup is not engine.dispatch and cost.setup.source != cost.source:
+                    out.append(f"{engine.name}.{cost.op}.fixed_us: {cost.setup.source}")
+                for key, extra in (("out_mib_per_s", cost.out_rate), ("coalesce", cost.coalesce)):
+                    if extra is not None and extra.assumption:
+                        out.append(f"{engine.name}.{cost.op}.{key}: {extra.source}")
         if self.storage is not None:
             for key, fig in self.storage.figures().items():
                 if fig.assumption:
@@ -287,48 +366,137 @@ def _positive(fig: Figure, where: str) -> float:
     return float(value)
 
 
-def _fit(points: list[list[float]], where: str) -> tuple[float, float]:
-    """Least-squares fixed + per-byte fit of [[bytes, MiB/s], ...]."""
-    if len(points) < 2 or any(len(p) != 2 or p[0] <= 0 or p[1] <= 0 for p in points):
-        raise ProfileError(f"{where}: 'points' needs two or more [bytes, MiB/s] pairs of positive numbers")
-    xs = [float(p[0]) for p in points]
-    ts = [float(p[0]) / (float(p[1]) * _MIB) for p in points]
-    mx, mt = sum(xs) / len(xs), sum(ts) / len(ts)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
-        raise ProfileError(f"{where}: 'points' need at least two different sizes")
-    slope = sum((x - mx) * (t - mt) for x, t in zip(xs, ts, strict=False)) / sxx
-    fixed = mt - slope * mx
+def _number_figure(raw: Any, where: str, unit: str) -> Figure:
+    """A figure given as a table with its source, or a bare number (then an unsourced assumption)."""
+    if isinstance(raw, dict):
+        return _figure(raw, where)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise ProfileError(f"{where}: expected a number of {unit} or a table with 'value' and 'source'")
+    return Figure(raw, "no source given", assumption=True)
+
+
+def _points(raw: Any, rate_of: str, where: str) -> tuple[Point, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ProfileError(f"{where}: expected a list of [input bytes, output bytes, MiB/s] (or [bytes, MiB/s])")
+    out = []
+    for p in raw:
+        if (
+            not isinstance(p, list)
+            or len(p) not in (2, 3)
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in p)
+        ):
+            raise ProfileError(f"{where}: every point is [input bytes, output bytes, MiB/s] of positive numbers")
+        if len(p) == 2:
+            if rate_of == "output":
+                raise ProfileError(f"{where}: throughput of the output needs [input bytes, output bytes, MiB/s]")
+            out.append(Point(int(p[0]), None, float(p[1]), rate_of))
+        else:
+            out.append(Point(int(p[0]), int(p[1]), float(p[2]), rate_of))
+    return tuple(out)
+
+
+def _fit(points: tuple[Point, ...], form: str, where: str) -> tuple[float, float]:
+    """Set-up and per-input-byte cost that fit the points with the least squared relative error."""
+    xs = [float(p.in_bytes) for p in points]
+    ts = [p.seconds for p in points]
+    ws = [1.0 / (t * t) for t in ts]
+    if form == "fixed":
+        return sum(w * t for w, t in zip(ws, ts, strict=True)) / sum(ws), 0.0
+    if len(points) < 2 or len(set(xs)) < 2:
+        raise ProfileError(f"{where}: a linear fit needs points of at least two different sizes")
+    sw = sum(ws)
+    sx = sum(w * x for w, x in zip(ws, xs, strict=True))
+    st = sum(w * t for w, t in zip(ws, ts, strict=True))
+    sxx = sum(w * x * x for w, x in zip(ws, xs, strict=True))
+    sxt = sum(w * x * t for w, x, t in zip(ws, xs, ts, strict=True))
+    slope = (sw * sxt - sx * st) / (sw * sxx - sx * sx)
+    fixed = (st - slope * sx) / sw
+    if fixed < 0:  # no negative set-up: refit through the origin
+        fixed, slope = 0.0, sxt / sxx
     if slope <= 0:
-        raise ProfileError(f"{where}: the points do not give a positive per-byte cost")
-    return max(fixed, 0.0), slope
+        raise ProfileError(
+            f'{where}: the points do not give a positive per-byte cost; if the per-job time is flat, use fit = "fixed"'
+        )
+    return fixed, slope
 
 
-def _op_cost(op: str, raw: Any, where: str) -> OpCost:
+_OP_KEYS = {
+    "mib_per_s", "fixed_us", "points", "held_out", "rate_of", "fit", "out_mib_per_s", "coalesce", "scale",
+    "source", "assumption", "note",
+}  # fmt: skip
+
+
+def _op_cost(op: str, raw: Any, dispatch: Figure | None, where: str) -> OpCost:
     if not isinstance(raw, dict):
         raise ProfileError(f"{where}: expected a table")
+    unknown = set(raw) - _OP_KEYS
+    if unknown:
+        raise ProfileError(f"{where}: unknown keys {sorted(unknown)}")
     source = raw.get("source")
     if not isinstance(source, str) or not source.strip():
         raise ProfileError(f"{where}: every op cost needs a 'source'")
-    scale = float(raw.get("scale", 1.0))
-    if scale <= 0:
-        raise ProfileError(f"{where}: 'scale' must be positive")
+    assumption = bool(raw.get("assumption", False))
+    scale = raw.get("scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+        raise ProfileError(f"{where}: 'scale' must be a positive number")
+    scale = float(scale)
+    rate_of = raw.get("rate_of", "input")
+    if rate_of not in ("input", "output"):
+        raise ProfileError(f"{where}: 'rate_of' is 'input' or 'output'")
+    points: tuple[Point, ...] = ()
+    held_out: tuple[Point, ...] = ()
+    setup: Figure | None = None
     if "points" in raw:
-        fixed, per_byte = _fit(raw["points"], where)
+        if "mib_per_s" in raw:
+            raise ProfileError(f"{where}: give either 'mib_per_s' or 'points', not both")
+        form = raw.get("fit", "linear")
+        if form not in ("linear", "fixed"):
+            raise ProfileError(f"{where}: 'fit' is 'linear' (set-up + per input byte) or 'fixed' (set-up only)")
+        points = _points(raw["points"], rate_of, f"{where}.points")
+        if "held_out" in raw:
+            held_out = _points(raw["held_out"], rate_of, f"{where}.held_out")
+        fixed, per_in = _fit(points, form, where)
+        # The intercept of per-job measurements is the job's set-up, from the same source.
+        setup = Figure(fixed / scale, source, assumption)
+        per_in /= scale
     elif "mib_per_s" in raw:
-        rate = float(raw["mib_per_s"])
-        if rate <= 0:
-            raise ProfileError(f"{where}: 'mib_per_s' must be positive")
-        fixed, per_byte = float(raw.get("fixed_us", 0.0)) * 1e-6, 1.0 / (rate * _MIB)
+        rate = raw["mib_per_s"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0:
+            raise ProfileError(f"{where}: 'mib_per_s' must be a positive number")
+        per_in = 1.0 / (float(rate) * scale * _MIB)
     else:
         raise ProfileError(f"{where}: give either 'mib_per_s' or 'points'")
+    if "fixed_us" in raw:
+        if setup is not None:
+            raise ProfileError(f"{where}: the points give the set-up; drop 'fixed_us'")
+        fig = _number_figure(raw["fixed_us"], f"{where}.fixed_us", "microseconds")
+        if isinstance(fig.value, bool) or not isinstance(fig.value, (int, float)) or fig.value < 0:
+            raise ProfileError(f"{where}.fixed_us: expected a non-negative number")
+        setup = Figure(float(fig.value) * 1e-6, fig.source, fig.assumption)
+    if setup is None:
+        setup = dispatch or Figure(0.0, "no set-up: neither the op nor its engine gives one", assumption=True)
+    per_out, out_rate = 0.0, None
+    if "out_mib_per_s" in raw:
+        out_rate = _number_figure(raw["out_mib_per_s"], f"{where}.out_mib_per_s", "MiB/s")
+        per_out = 1.0 / (_positive(out_rate, f"{where}.out_mib_per_s") * scale * _MIB)
+    coalesce = None
+    if "coalesce" in raw:
+        coalesce = _figure(raw["coalesce"], f"{where}.coalesce")
+        if not isinstance(coalesce.value, bool):
+            raise ProfileError(f"{where}.coalesce: 'value' is true or false")
     return OpCost(
         op=op,
-        fixed_s=fixed / scale,
-        per_byte_s=per_byte / scale,
+        per_in_s=per_in,
+        setup=setup,
         source=source,
-        assumption=bool(raw.get("assumption", False)),
+        assumption=assumption,
         note=str(raw.get("note", "")),
+        per_out_s=per_out,
+        out_rate=out_rate,
+        coalesce=coalesce,
+        points=points,
+        held_out=held_out,
+        scale=scale,
     )
 
 
@@ -343,8 +511,10 @@ def _engine(name: str, raw: Any, where: str) -> EngineProfile:
     lanes = _figure(raw.get("lanes"), f"{where}.lanes")
     if not isinstance(lanes.value, int) or lanes.value < 1:
         raise ProfileError(f"{where}.lanes: expected a positive integer")
-    dispatch = _figure(raw.get("dispatch_us"), f"{where}.dispatch_us")
-    _positive(dispatch, f"{where}.dispatch_us")
+    dispatch = None
+    if "dispatch_us" in raw:
+        fig = _figure(raw["dispatch_us"], f"{where}.dispatch_us")
+        dispatch = Figure(_positive(fig, f"{where}.dispatch_us") * 1e-6, fig.source, fig.assumption)
     max_job = None
     if "max_job_bytes" in raw:
         max_job = _figure(raw["max_job_bytes"], f"{where}.max_job_bytes")
@@ -353,18 +523,20 @@ def _engine(name: str, raw: Any, where: str) -> EngineProfile:
     if "python_slowdown" in raw:
         slowdown = _figure(raw["python_slowdown"], f"{where}.python_slowdown")
         _positive(slowdown, f"{where}.python_slowdown")
+        if dispatch is None:
+            raise ProfileError(f"{where}: an engine that runs Python needs 'dispatch_us'")
     ops = raw.get("ops", {})
     costs = {}
     for op, cost in ops.items():
         if op not in OPS or op in ("nop", "python"):
             raise ProfileError(f"{where}.ops: unknown op {op!r}")
-        costs[op] = _op_cost(op, cost, f"{where}.ops.{op}")
+        costs[op] = _op_cost(op, cost, dispatch, f"{where}.ops.{op}")
     return EngineProfile(
         name=name,
         kind=kind,
         lanes=lanes,
         costs=costs,
-        dispatch=Figure(float(dispatch.value) * 1e-6, dispatch.source, dispatch.assumption),
+        dispatch=dispatch,
         max_job_bytes=max_job,
         python_slowdown=slowdown,
     )
@@ -417,25 +589,17 @@ def _parse(data: dict[str, Any], where: str) -> Profile:
 def _storage(raw: Any, where: str) -> StorageProfile:
     if not isinstance(raw, dict):
         raise ProfileError(f"{where}: expected a table")
-    figs = {key: _figure(raw.get(key), f"{where}.{key}") for key in _STORAGE_KEYS}
-    for key in _STORAGE_KEYS[1:]:
-        _positive(figs[key], f"{where}.{key}")
-    if not isinstance(figs["parallelism"].value, int):
-        raise ProfileError(f"{where}.parallelism: expected a positive integer")
-    extra = None
-    if "random_read_8k_mb_per_s" in raw:
-        extra = _figure(raw["random_read_8k_mb_per_s"], f"{where}.random_read_8k_mb_per_s")
-        _positive(extra, f"{where}.random_read_8k_mb_per_s")
-    unknown = set(raw) - set(_STORAGE_KEYS) - {"random_read_8k_mb_per_s"}
+    unknown = set(raw) - set(_STORAGE_KEYS) - set(_STORAGE_OPTIONAL)
     if unknown:
         raise ProfileError(f"{where}: unknown keys {sorted(unknown)}")
-    return StorageProfile(
-        medium=figs["medium"],
-        read_mb_per_s=figs["read_mb_per_s"],
-        write_mb_per_s=figs["write_mb_per_s"],
-        read_latency_us=figs["read_latency_us"],
-        write_latency_us=figs["write_latency_us"],
-        flush_us=figs["flush_us"],
-        parallelism=figs["parallelism"],
-        random_read_8k_mb_per_s=extra,
-    )
+    figs = {key: _figure(raw.get(key), f"{where}.{key}") for key in _STORAGE_KEYS}
+    for key in _STORAGE_OPTIONAL:
+        if key in raw:
+            figs[key] = _figure(raw[key], f"{where}.{key}")
+    for key, fig in figs.items():
+        if key != "medium":
+            _positive(fig, f"{where}.{key}")
+    for key in ("parallelism", "fio_jobs"):
+        if key in figs and not isinstance(figs[key].value, int):
+            raise ProfileError(f"{where}.{key}: expected a positive integer")
+    return StorageProfile(**figs)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ among completions the program has already taken.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import ctypes
 import errno
@@ -102,9 +103,15 @@ class StorageModel:
     An I/O takes the queue slot that frees first, holds it for the fixed
     latency and its transfer, and the transfer also occupies the one shared
     channel (so large I/Os are bandwidth-bound whatever the queue depth, and
-    small ones latency-bound up to ``parallelism`` at once).  A flush holds a
-    slot for the profile's flush time.
+    small ones latency-bound up to ``parallelism`` at once).  A read that
+    starts where a recent one ended is sequential and pays the profile's
+    shorter sequential latency.  A flush holds a slot for the profile's flush
+    time.  The I/Os a program keeps in flight map onto fio's ``numjobs`` x
+    ``iodepth``: the profile's figures were measured at ``fio_jobs`` of them.
     """
+
+    #: how many read streams are remembered to tell sequential reads from random ones
+    STREAMS = 16
 
     def __init__(self, storage: StorageProfile, name: str = "") -> None:
         self.storage = storage
@@ -112,28 +119,37 @@ class StorageModel:
         self._slots = [0.0] * storage.slots
         self._channel_free = 0.0
         self._lock = threading.Lock()
+        self._read_ends: collections.deque[int] = collections.deque(maxlen=self.STREAMS)
         self.busy_s = 0.0
         self.ios = 0
 
-    def service_s(self, op: str, nbytes: int) -> float:
-        """Time one I/O of ``nbytes`` takes on an idle device."""
+    def _parts(self, op: str, nbytes: int, sequential: bool) -> tuple[float, float]:
         s = self.storage
         if op == "read":
-            return s.read_fixed_s + nbytes / s.read_bytes_per_s
+            fixed = s.seq_read_fixed_s if sequential else s.read_fixed_s
+            return fixed, nbytes / s.read_bytes_per_s
         if op == "write":
-            return s.write_fixed_s + nbytes / s.write_bytes_per_s
-        return s.flush_s
+            return s.write_fixed_s, nbytes / s.write_bytes_per_s
+        return s.flush_s, 0.0
 
-    def charge(self, op: str, nbytes: int, arrival_s: float) -> IOTiming:
-        """Occupy a slot (and the channel) for one I/O arriving at ``arrival_s``."""
-        s = self.storage
-        if op == "read":
-            fixed, transfer = s.read_fixed_s, nbytes / s.read_bytes_per_s
-        elif op == "write":
-            fixed, transfer = s.write_fixed_s, nbytes / s.write_bytes_per_s
-        else:
-            fixed, transfer = s.flush_s, 0.0
+    def service_s(self, op: str, nbytes: int, *, sequential: bool = False) -> float:
+        """Time one I/O of ``nbytes`` takes on an idle device."""
+        fixed, transfer = self._parts(op, nbytes, sequential)
+        return fixed + transfer
+
+    def charge(self, op: str, nbytes: int, arrival_s: float, offset: int | None = None) -> IOTiming:
+        """Occupy a slot (and the channel) for one I/O arriving at ``arrival_s``.
+
+        ``offset`` (of a read) tells a sequential read from a random one.
+        """
         with self._lock:
+            sequential = False
+            if op == "read" and offset is not None:
+                sequential = offset in self._read_ends
+                if sequential:
+                    self._read_ends.remove(offset)
+                self._read_ends.append(offset + nbytes)
+            fixed, transfer = self._parts(op, nbytes, sequential)
             first = self._slots[0]
             start = first if first > arrival_s else arrival_s
             finish = start + fixed
@@ -459,7 +475,7 @@ class BlockDevice:
             future._rec = None
             raise self._submit_error(rc, op, offset, length, ptr)
         if self.model is not None:
-            future.timing = self.model.charge(op, length, arrival)
+            future.timing = self.model.charge(op, length, arrival, offset)
         return future
 
     def _submit_error(self, rc: int, op: str, offset: int, length: int, ptr: Any) -> errors.DpdpuError:

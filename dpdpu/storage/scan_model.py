@@ -77,7 +77,7 @@ def _fastest(profile: Profile, op: str, *, on_device: bool) -> EngineProfile:
     if not engines:
         side = "device" if on_device else "host"
         raise errors.InvalidArgumentError(f"profile {profile.name!r} has no {side} engine that runs {op!r}")
-    return min(engines, key=lambda e: e.costs[op].per_byte_s / max(1.0, float(e.lanes.value)))
+    return min(engines, key=lambda e: e.costs[op].per_in_s / max(1.0, float(e.lanes.value)))
 
 
 def _spread(model: CostModel, engine: EngineProfile, op: str, nbytes: int) -> float:

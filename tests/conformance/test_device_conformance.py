@@ -32,12 +32,14 @@ def test_profile_figures_carry_sources(rt: Runtime) -> None:
     p = rt.device.profile
     assert p.memory.source
     for engine in p.engines:
-        assert engine.lanes.source and engine.dispatch.source
+        assert engine.lanes.source and (engine.dispatch is None or engine.dispatch.source)
         if engine.max_job_bytes is not None:
             assert engine.max_job_bytes.source
         for cost in engine.costs.values():
-            assert cost.source.strip()
-            assert cost.per_byte_s > 0 and cost.fixed_s >= 0
+            assert cost.source.strip() and cost.setup.source.strip()
+            assert cost.per_in_s >= 0 and cost.per_out_s >= 0 and cost.fixed_s >= 0
+            # a job's cost grows with it: through its input, or through its output and a largest job
+            assert cost.per_in_s > 0 or (cost.per_out_s > 0 and engine.max_job_bytes is not None)
     for line in p.assumptions():
         assert ": " in line  # "what: source"
 
@@ -70,12 +72,34 @@ def test_compress_on_every_capable_engine(rt: Runtime, level: int) -> None:
         assert fut.placement.kind == kind and fut.placement.status == "ok"
 
 
+def fitting_payload(rt: Runtime, op: str) -> bytes:
+    """PAYLOAD cut to the largest job of every engine that runs ``op``."""
+    limits = [e.max_job_bytes for e in rt.device.engines if op in e.ops and e.max_job_bytes is not None]
+    return PAYLOAD[: min([len(PAYLOAD), *limits])]
+
+
 def test_decompress_on_every_capable_engine(rt: Runtime) -> None:
-    blob = zlib.compress(PAYLOAD, 6)
+    payload = fitting_payload(rt, "deflate_decompress")
+    blob = zlib.compress(payload, 6)
     for kind in engines_running(rt, "deflate_decompress"):
-        assert rt.submit(compute.decompress, blob, engine=kind, fallback=False).result() == PAYLOAD
-        exact = rt.submit(compute.decompress, blob, output_size=len(PAYLOAD), engine=kind, fallback=False)
-        assert exact.result() == PAYLOAD and exact.placement.attempts == 1
+        assert rt.submit(compute.decompress, blob, engine=kind, fallback=False).result() == payload
+        exact = rt.submit(compute.decompress, blob, output_size=len(payload), engine=kind, fallback=False)
+        assert exact.result() == payload and exact.placement.attempts == 1
+
+
+def test_output_above_the_largest_job_moves_to_another_engine(rt: Runtime) -> None:
+    limited = [e for e in rt.device.engines if e.max_job_bytes is not None and "deflate_decompress" in e.ops]
+    if not limited:
+        pytest.skip("no engine of this device limits decompression jobs")
+    for engine in limited:
+        payload = bytes(engine.max_job_bytes + 1)
+        blob = zlib.compress(payload)  # a small stream whose output does not fit one job
+        fut = rt.submit(compute.decompress, blob, engine=engine.kind)
+        assert fut.result() == payload
+        placed = rt.explain(fut)
+        assert placed.kind != engine.kind and placed.fallback and "largest job" in placed.fallback
+        with pytest.raises(errors.JobTooLargeError, match="largest job"):
+            rt.submit(compute.decompress, blob, engine=engine.kind, fallback=False).result()
 
 
 def test_crc32c_and_memcpy_on_every_capable_engine(rt: Runtime) -> None:
@@ -134,7 +158,7 @@ def test_job_above_max_size(rt: Runtime) -> None:
         big = np.zeros(engine.max_job_bytes + 1, dtype=np.uint8)  # lazily zeroed: costs no memory until touched
         with pytest.raises(errors.JobTooLargeError) as info:
             rt.submit(compute.decompress, big, engine=engine.kind, fallback=False)
-        assert rt.device.label in str(info.value) and "maximum job size" in str(info.value)
+        assert rt.device.label in str(info.value) and "largest job" in str(info.value)
         fut = rt.submit(compute.decompress, big, engine=engine.kind)  # falls back; zeros are not a zlib stream
         with pytest.raises(errors.CorruptDataError):
             fut.result()
@@ -159,7 +183,8 @@ def test_device_memory_is_enforced(rt: Runtime) -> None:
 
 
 def test_corrupt_and_truncated_streams(rt: Runtime) -> None:
-    blob = zlib.compress(PAYLOAD)
+    payload = fitting_payload(rt, "deflate_decompress")
+    blob = zlib.compress(payload)
     for kind in engines_running(rt, "deflate_decompress"):
         cases = {
             errors.TruncatedDataError: blob[: len(blob) // 2],
@@ -171,7 +196,7 @@ def test_corrupt_and_truncated_streams(rt: Runtime) -> None:
             assert rt.device.label in str(info.value) and "deflate_decompress" in str(info.value)
         with pytest.raises(errors.CorruptDataError, match="not a valid"):
             rt.submit(compute.decompress, blob + b"trailing", engine=kind, fallback=False).result()
-        assert rt.submit(compute.decompress, blob, engine=kind, fallback=False).result() == PAYLOAD
+        assert rt.submit(compute.decompress, blob, engine=kind, fallback=False).result() == payload
 
 
 def test_output_buffer_too_small(rt: Runtime) -> None:
