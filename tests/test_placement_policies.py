@@ -194,3 +194,29 @@ def test_pipeline_is_placed_as_a_whole() -> None:
         Pipeline([("sort", {})])
     with pytest.raises(errors.InvalidArgumentError, match="no steps"):
         Pipeline().plan(b"x")
+
+
+def test_a_new_policy_is_one_class() -> None:
+    from dpdpu.runtime.policies import Choice, Policy, register_policy, registered_policies
+
+    class ArmFirst(Policy):
+        """The Arm cores whenever they can run the task."""
+
+        name = "arm-first"
+
+        def choose(self, options, device, *, fallback, op):  # type: ignore[no-untyped-def]
+            arm = [o for o in options if o.able and o.info.kind == "arm"]
+            return Choice(options, arm or [o for o in options if o.able])
+
+    register_policy(ArmFirst)
+    assert registered_policies()["arm-first"] is ArmFirst
+    with dpdpu.Runtime("bluefield3", policy="arm-first") as rt:
+        fut = rt.submit(compute.crc32c, b"x" * 100_000)
+        assert fut.result() == compute.crc32c(b"x" * 100_000)
+        assert rt.explain(fut).kind == "arm" and rt.explain(fut).policy == "arm-first"
+    with dpdpu.Runtime("bluefield3", policy=ArmFirst()) as rt:
+        assert rt.policy == "arm-first"
+    with pytest.raises(errors.InvalidArgumentError, match="already registered"):
+        register_policy(type("Other", (ArmFirst,), {}))
+    with pytest.raises(errors.InvalidArgumentError, match="unknown placement policy"):
+        dpdpu.Runtime("bluefield3", policy="nonsense")

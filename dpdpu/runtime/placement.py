@@ -5,39 +5,24 @@ run the task -- the device's and the host CPU's -- pick the one with the
 smallest estimated finish time, i.e. estimated execution time plus the
 estimated time of what is already queued there plus the PCIe transfers of
 data that must cross between host and DPU.  Other policies restrict the
-choice (:data:`POLICIES`).  A caller may pin an engine kind; if that engine
+choice (:mod:`dpdpu.runtime.policies`).  A caller may pin an engine kind; if that engine
 cannot run the task the runtime falls back along accelerator -> Arm cores ->
 host (DMA -> Arm cores -> host) unless the caller forbids fallback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
-from .profile import ENGINE_KINDS
+from .policies import FALLBACK_CHAIN, POLICIES, Option, Policy, pinned_policy, policy_for, reasons
 
 if TYPE_CHECKING:
     from .cost import Timeline
     from .device import Device, EngineInfo, Refusal, Task
 
 __all__ = ["FALLBACK_CHAIN", "POLICIES", "Candidate", "Placement", "place"]
-
-#: Placement policies: ``cost`` (smallest estimated finish over the device's
-#: engines and the host), ``host-only``, ``dpu-only`` (the host only when no
-#: engine of the device can run the op), ``greedy-accelerator`` (the hardware
-#: engine whenever it can run the op, however long its queue).
-POLICIES = ("cost", "host-only", "dpu-only", "greedy-accelerator")
-
-#: Where a pinned task goes when its engine cannot run it.
-FALLBACK_CHAIN: dict[str, tuple[str, ...]] = {
-    "accelerator": ("accelerator", "arm", "host"),
-    "dma": ("dma", "arm", "host"),
-    "arm": ("arm", "host"),
-    "host": ("host",),
-}
 
 
 @dataclass(slots=True)
@@ -146,142 +131,65 @@ def place(
     *,
     engine: str | None = None,
     fallback: bool = True,
-    policy: str = "cost",
+    policy: str | Policy = "cost",
 ) -> tuple[Placement, Device, EngineInfo]:
     """Choose the engine for ``task``; raise the matching DpdpuError if none can run it.
 
     ``host`` is the host CPU device of a DPU runtime (None when ``device``
-    is the host itself).  ``policy`` is one of :data:`POLICIES`; a pinned
-    ``engine`` -- a kind (``"arm"``) or a full label (``"bluefield3/arm"``) --
-    overrides it.
+    is the host itself).  ``policy`` is a :class:`~dpdpu.runtime.policies.Policy`
+    or the name of one; a pinned ``engine`` -- a kind (``"arm"``) or a full
+    label (``"bluefield3/arm"``) -- overrides it.
     """
-    if engine is None and host is None and len(device.engines) == 1 and policy in POLICIES:
+    if engine is None and host is None and len(device.engines) == 1:
         # One engine, nothing to choose: skip the comparison (the common host-only case).
         info = device.engines[0]
         refusal = device.can_run(task, info)
         if refusal is None or refusal.kind == "busy":
+            chooser = policy_for(policy)
             timeline = device.estimate(task, info, arrival_s)
             candidate = Candidate(info.label, info.kind, None, timeline)
             placement = Placement(
-                task.label, task.op, task.nbytes, info.label, info.kind, policy, [candidate], None, timeline
+                task.label, task.op, task.nbytes, info.label, info.kind, chooser.label(), [candidate], None, timeline
             )
             return placement, device, info
-    exact = None
-    if engine is not None and "/" in engine:
-        # A full engine label ("bluefield3/arm"): exactly that engine, else its kind's fallback chain.
-        exact = engine
-        found = [i for d in (device, host) if d is not None for i in d.engines if i.label == engine]
-        if not found:
-            raise errors.InvalidArgumentError(f"no engine {engine!r} in this runtime", device=device.label, op=task.op)
-        engine = found[0].kind
-    if engine is not None and engine not in FALLBACK_CHAIN:
-        raise errors.InvalidArgumentError(
-            f"unknown engine kind {engine!r}; choose one of {', '.join(ENGINE_KINDS)}",
-            device=device.label,
-            op=task.op,
-        )
-    if policy not in POLICIES:
-        raise errors.InvalidArgumentError(
-            f"unknown placement policy {policy!r}; choose one of {', '.join(POLICIES)}", device=device.label
-        )
-    # Under dpu-only and greedy-accelerator the host is only a fallback; under
-    # cost it competes like any engine; under host-only it is all there is.
-    host_is_fallback = policy in ("dpu-only", "greedy-accelerator") or engine is not None
-    options: list[tuple[Device, EngineInfo, Candidate]] = []
-    hardware_refused = hardware_able = False
+    chooser = policy_for(policy) if engine is None else pinned_policy(engine, device, host, task.op)
+    options: list[Option] = []
     for dev, host_side in ((device, host is None), (host, True)):
         if dev is None:
             continue
         for info in dev.engines:
             refusal = dev.can_run(task, info)
             estimate = dev.estimate(task, info, arrival_s) if refusal is None else None
-            is_fallback = host_is_fallback and host_side and host is not None
-            options.append((dev, info, Candidate(info.label, info.kind, refusal, estimate, is_fallback)))
-            if info.kind == "accelerator":
-                hardware_able = hardware_able or refusal is None
-                hardware_refused = hardware_refused or refusal is not None
-
-    def able(o: tuple[Device, EngineInfo, Candidate]) -> bool:
-        return o[2].refusal is None
-
-    def on_host(o: tuple[Device, EngineInfo, Candidate]) -> bool:
-        return o[0] is host or (host is None and o[1].kind == "host")
-
-    note = None
-    pool: list[tuple[Device, EngineInfo, Candidate]] = []
-    considered: Sequence[tuple[Device, EngineInfo, Candidate]]
-    if exact is not None and any(able(o) and o[1].label == exact for o in options):
-        label = f"pinned to {exact}"
-        pool = considered = [o for o in options if able(o) and o[1].label == exact]
-    elif engine is not None:
-        label = f"pinned to {exact or engine}"
-
-        def pinned(o: tuple[Device, EngineInfo, Candidate]) -> bool:
-            return o[1].label == exact if exact is not None else o[1].kind == engine
-
-        chain = FALLBACK_CHAIN[engine] if fallback else (engine,)
-        for kind in chain:
-            pool = [o for o in options if able(o) and o[1].kind == kind and (exact is None or not pinned(o))]
-            if pool:
-                if kind != engine or exact is not None:
-                    note = f"{exact or engine} cannot run it: " + _reasons(o for o in options if pinned(o))
-                break
-        considered = [o for o in options if pinned(o)]
-    elif policy == "host-only":
-        label = policy
-        considered = [o for o in options if on_host(o)]
-        pool = [o for o in considered if able(o)]
-    else:
-        label = policy
-        dpu = [o for o in options if not on_host(o)] if host is not None else options
-        considered = options if policy == "cost" else dpu
-        if policy == "cost":
-            pool = [o for o in options if able(o)]
-        elif policy == "dpu-only":
-            pool = [o for o in dpu if able(o)]
-        else:  # greedy-accelerator: the most specialised engine that can run it, whatever its queue
-            for kind in ("accelerator", "dma", "arm", "host"):
-                pool = [o for o in dpu if able(o) and o[1].kind == kind]
-                if pool:
-                    break
-        if not pool and fallback and host is not None and policy != "cost":
-            pool = [o for o in options if able(o) and on_host(o)]
-            if pool:
-                note = f"no engine of {device.label} can run it: " + _reasons(dpu)
-        elif hardware_refused and not hardware_able and task.op != "python" and pool:
-            note = "no hardware engine can run it: " + _reasons(o for o in options if o[1].kind == "accelerator")
-
+            on_host = dev is host or (host is None and info.kind == "host")
+            only_fallback = chooser.host_is_fallback and host_side and host is not None
+            candidate = Candidate(info.label, info.kind, refusal, estimate, only_fallback)
+            options.append(Option(dev, info, candidate, on_host))
+    choice = chooser.choose(options, device, fallback=fallback, op=task.op)
+    pool = choice.pool
     if not pool:
         # Engines refused only for a full queue still take the task: submitting
         # then waits for room, which is back-pressure, not failure.
-        pool = [o for o in considered if o[2].refusal is not None and o[2].refusal.kind == "busy"]
+        pool = [o for o in choice.considered if o.candidate.refusal is not None and o.candidate.refusal.kind == "busy"]
         for o in pool:
-            o[2].timeline = o[0].estimate(task, o[1], arrival_s)
+            o.candidate.timeline = o.device.estimate(task, o.info, arrival_s)
     if not pool:
-        refusals = [o[2].refusal for o in considered if o[2].refusal is not None]
+        refusals = [o.candidate.refusal for o in choice.considered if o.candidate.refusal is not None]
         kind = "unsupported"
         for k in ("memory", "too_large"):
             if any(r.kind == k for r in refusals):
                 kind = k
-        detail = _reasons(considered) if considered else f"{device.label} has no {engine or 'host'} engine"
+        detail = reasons(choice.considered) if choice.considered else f"{device.label} has no {engine or 'host'} engine"
         suffix = " and fallback is forbidden" if not fallback else ""
         raise _ERROR_FOR_REFUSAL[kind](
             f"cannot run {task.label} ({_size(task.nbytes)}): {detail}{suffix}",
             device=device.label,
             op=task.op,
         )
-
-    dev, info, chosen = min(pool, key=lambda o: o[2].timeline.finish_s)  # type: ignore[union-attr]
+    best = min(pool, key=lambda o: o.candidate.timeline.finish_s)  # type: ignore[union-attr]
+    info = best.info
     placement = Placement(
-        task.label, task.op, task.nbytes, info.label, info.kind, label, [o[2] for o in options], note, chosen.timeline
-    )
+        task.label, task.op, task.nbytes, info.label, info.kind, chooser.label(), [o.candidate for o in options],
+        choice.note, best.candidate.timeline,
+    )  # fmt: skip
     placement.strict = engine is not None and not fallback
-    return placement, dev, info
-
-
-def _reasons(options: Any) -> str:
-    parts = []
-    for _, info, cand in options:
-        if cand.refusal is not None:
-            parts.append(f"{info.label}: {cand.refusal.reason}")
-    return "; ".join(parts) or "no engine"
+    return placement, best.device, info

@@ -25,7 +25,8 @@ from .. import errors
 from .device import DATA_LOCATION, DataLocation, Device, DeviceBuffer, EngineStats, Task
 from .emulator import EmulatorDevice
 from .future import TaskFuture
-from .placement import POLICIES, Placement, _ms, _size, place
+from .placement import Placement, _ms, _size, place
+from .policies import Policy, policy_for
 from .profile import Profile
 from .registry import open_device
 
@@ -101,10 +102,11 @@ class Runtime:
             :class:`Device`.  Default: ``$DPDPU_DEVICE``, else ``bluefield3``.
         workers: worker threads per engine (default: the CPU count).
         queue_depth: tasks an engine queues before ``submit`` blocks.
-        policy: how tasks are placed (:data:`~dpdpu.runtime.placement.POLICIES`):
-            ``"cost"`` (default) picks the engine -- device or host -- with the
-            smallest estimated finish; ``"dpu-only"`` keeps work on the device
-            (the host only as fallback); ``"host-only"``; ``"greedy-accelerator"``.
+        policy: how tasks are placed, a :class:`~dpdpu.runtime.policies.Policy`
+            or the name of one: ``"cost"`` (default) picks the engine -- device
+            or host -- with the smallest estimated finish; ``"dpu-only"`` keeps
+            work on the device (the host only as fallback); ``"host-only"``;
+            ``"greedy-accelerator"``.
 
     Use it as a context manager; inside the ``with`` block the plain
     functions of :mod:`dpdpu.compute` and ``@offload`` functions run on it.
@@ -116,13 +118,11 @@ class Runtime:
         *,
         workers: int | None = None,
         queue_depth: int = 0,
-        policy: str = "cost",
+        policy: str | Policy = "cost",
     ) -> None:
-        if policy not in POLICIES:
-            raise errors.InvalidArgumentError(
-                f"unknown placement policy {policy!r}; choose one of {', '.join(POLICIES)}"
-            )
-        self.policy = policy
+        #: the placement policy, and its name
+        self.placement_policy: Policy = policy_for(policy)
+        self.policy: str = self.placement_policy.name
         options: dict[str, Any] = {}
         if workers is not None:
             options["workers"] = workers
@@ -211,7 +211,7 @@ class Runtime:
         return self.run(task, **options)
 
     def run(
-        self, task: Task, *, engine: str | None = None, fallback: bool = True, policy: str | None = None
+        self, task: Task, *, engine: str | None = None, fallback: bool = True, policy: str | Policy | None = None
     ) -> TaskFuture:
         """Place and submit a prepared :class:`Task` (for engines and libraries built on dpdpu).
 
@@ -228,7 +228,13 @@ class Runtime:
         with self._lock:
             arrival = self._vnow
             placement, dev, info = place(
-                task, self.device, self.host, arrival, engine=engine, fallback=fallback, policy=policy or self.policy
+                task,
+                self.device,
+                self.host,
+                arrival,
+                engine=engine,
+                fallback=fallback,
+                policy=policy or self.placement_policy,
             )
             future = dev.submit(task, info, arrival, placement)
             self._decisions[task.op, info.label] += 1

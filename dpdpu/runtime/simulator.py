@@ -555,7 +555,15 @@ class SimulatedDevice(Device):
         # A host engine sits on the near side of the link; only a pull makes it cross.
         cross = True if self.side == "host" and b_in else None
         return self.model.estimate(
-            engine, task.op, task.nbytes, arrival_s, bytes_in=b_in, bytes_out=b_out, level=task.level, cross=cross
+            engine,
+            task.op,
+            task.nbytes,
+            arrival_s,
+            bytes_in=b_in,
+            bytes_out=b_out,
+            out_bytes=task.out_hint,
+            level=task.level,
+            cross=cross,
         )
 
     def submit(
