@@ -148,12 +148,21 @@ struct dpdpu_ring {
     struct rx_state rx;
     struct rx_state rx_saved;
 
-    struct dpdpu_ring_stats st; /* counters only */
+    /* Counters, and where a bulk message left half done stands: written by
+     * the thread using the handle (count(), note_partial()), read by
+     * dpdpu_ring_stats() from any thread. */
+    struct dpdpu_ring_stats st;
 };
 
 static uint32_t tmp_counter;
 
 /* --- helpers ------------------------------------------------------------- */
+
+/* Add to a counter of st: one writer, so a plain read and an atomic store. */
+static inline void count(uint64_t *counter, uint64_t n)
+{
+    __atomic_store_n(counter, *counter + n, __ATOMIC_RELAXED);
+}
 
 static inline void cpu_pause(void)
 {
@@ -311,7 +320,7 @@ static void doorbell(struct dpdpu_ring *r)
     if (__atomic_load_n(sleeping, __ATOMIC_RELAXED) && __atomic_exchange_n(sleeping, 0, __ATOMIC_ACQ_REL)) {
         __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE);
         futex_wake(seq);
-        r->st.wakeups++;
+        count(&r->st.wakeups, 1);
     }
 }
 
@@ -368,7 +377,7 @@ static int wait_for(struct dpdpu_ring *r, uint64_t need, uint64_t deadline)
             return DPDPU_ERR_TIMEOUT;
         }
         uint64_t slice = deadline - t < SLICE_NS ? deadline - t : SLICE_NS;
-        r->st.waits++;
+        count(&r->st.waits, 1);
         int err = futex_wait(seq, s, (int64_t)slice);
         __atomic_store_n(sleeping, 0, __ATOMIC_RELAXED);
         if (err == ETIMEDOUT)
@@ -683,20 +692,26 @@ int dpdpu_ring_stats(struct dpdpu_ring *ring, struct dpdpu_ring_stats *out)
     if (ring == NULL || out == NULL)
         return DPDPU_ERR_INVALID_ARGUMENT;
     struct ring_hdr *h = ring->h;
+    const struct dpdpu_ring_stats *st = &ring->st;
     uint32_t p = peer_of(ring);
-    *out = ring->st;
+    memset(out, 0, sizeof *out);
+    out->messages = __atomic_load_n(&st->messages, __ATOMIC_RELAXED);
+    out->bytes = __atomic_load_n(&st->bytes, __ATOMIC_RELAXED);
+    out->batches = __atomic_load_n(&st->batches, __ATOMIC_RELAXED);
+    out->waits = __atomic_load_n(&st->waits, __ATOMIC_RELAXED);
+    out->wakeups = __atomic_load_n(&st->wakeups, __ATOMIC_RELAXED);
+    out->partial_total = __atomic_load_n(&st->partial_total, __ATOMIC_RELAXED);
+    out->partial_done = __atomic_load_n(&st->partial_done, __ATOMIC_RELAXED);
     out->capacity = ring->cap;
     out->max_message = ring->max_msg;
-    out->used = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE) - __atomic_load_n(&h->head, __ATOMIC_ACQUIRE);
+    /* Head first: it never passes the tail read after it.  Both move while
+     * another thread uses the ring, so the difference is clamped. */
+    uint64_t head = __atomic_load_n(&h->head, __ATOMIC_ACQUIRE);
+    out->used = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE) - head;
+    if (out->used > ring->cap)
+        out->used = ring->cap;
     out->role = ring->role;
     out->closed = __atomic_load_n(&ring->closed, __ATOMIC_ACQUIRE);
-    if (ring->role == DPDPU_RING_PRODUCER) {
-        out->partial_total = ring->tx_active ? ring->tx_total : 0;
-        out->partial_done = ring->tx_active ? ring->tx_done : 0;
-    } else {
-        out->partial_total = ring->rx.in_bulk ? ring->rx.total : 0;
-        out->partial_done = ring->rx.in_bulk ? ring->rx.off : 0;
-    }
     out->peer_pid = __atomic_load_n(&h->pid[p], __ATOMIC_ACQUIRE);
     if (out->peer_pid == 0)
         out->peer = DPDPU_RING_PEER_NONE;
@@ -710,6 +725,23 @@ int dpdpu_ring_stats(struct dpdpu_ring *ring, struct dpdpu_ring_stats *out)
     return 0;
 }
 
+/* Record for dpdpu_ring_stats() where a bulk message left half sent or half
+ * received stands; called whenever a call may have changed it. */
+static void note_partial(struct dpdpu_ring *r)
+{
+    uint64_t total = 0, done = 0;
+
+    if (r->role == DPDPU_RING_PRODUCER && r->tx_active) {
+        total = r->tx_total;
+        done = r->tx_done;
+    } else if (r->role == DPDPU_RING_CONSUMER && r->rx.in_bulk) {
+        total = r->rx.total;
+        done = r->rx.off;
+    }
+    __atomic_store_n(&r->st.partial_total, total, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->st.partial_done, done, __ATOMIC_RELAXED);
+}
+
 /* --- producer ------------------------------------------------------------- */
 
 /* Make the records reserved so far visible with one store. */
@@ -720,9 +752,9 @@ static int publish(struct dpdpu_ring *r)
         return 0;
     __atomic_store_n(&r->h->tail, r->wpos, __ATOMIC_RELEASE);
     r->published = r->wpos;
-    r->st.batches++;
-    r->st.messages += r->pending_msgs;
-    r->st.bytes += r->pending_bytes;
+    count(&r->st.batches, 1);
+    count(&r->st.messages, r->pending_msgs);
+    count(&r->st.bytes, r->pending_bytes);
     r->pending_msgs = r->pending_bytes = 0;
     doorbell(r);
     return n;
@@ -797,6 +829,7 @@ static int abort_bulk(struct dpdpu_ring *r, uint64_t deadline)
     if ((rc = reserve_rec(r, 0, REC_ABORT, &p, deadline)))
         return rc;
     r->tx_active = 0;
+    note_partial(r);
     publish(r);
     return 0;
 }
@@ -1005,6 +1038,7 @@ int dpdpu_ring_send_bulk(struct dpdpu_ring *ring, const void *data, uint64_t len
             ring->tx_data = data;
             ring->tx_total = len;
             ring->tx_done = off;
+            note_partial(ring);
             if (done != NULL)
                 *done = off;
             return rc;
@@ -1021,6 +1055,7 @@ int dpdpu_ring_send_bulk(struct dpdpu_ring *ring, const void *data, uint64_t len
         publish(ring);
     }
     ring->tx_active = 0;
+    note_partial(ring);
     if (done != NULL)
         *done = len;
     return 0;
@@ -1033,6 +1068,7 @@ int dpdpu_ring_abort_bulk(struct dpdpu_ring *ring, int64_t timeout_us)
         return rc;
     if (peer_gone(ring)) {
         ring->tx_active = 0;
+        note_partial(ring);
         return DPDPU_ERR_SHUTDOWN;
     }
     return abort_bulk(ring, dpdpu__deadline_ns(timeout_us));
@@ -1165,11 +1201,11 @@ static int release(struct dpdpu_ring *r)
     int n = (int)r->rx.spans;
     if (r->rx.cur != r->rx_saved.cur) {
         __atomic_store_n(&r->h->head, r->rx.cur, __ATOMIC_RELEASE);
-        r->st.batches++;
+        count(&r->st.batches, 1);
         doorbell(r);
     }
-    r->st.messages += r->rx.messages;
-    r->st.bytes += r->rx.bytes;
+    count(&r->st.messages, r->rx.messages);
+    count(&r->st.bytes, r->rx.bytes);
     r->rx.spans = 0;
     r->rx.messages = r->rx.bytes = 0;
     r->rx_saved = r->rx;
@@ -1183,7 +1219,9 @@ int dpdpu_ring_peek(struct dpdpu_ring *ring, struct dpdpu_ring_view *view, int64
         return rc;
     if (view == NULL)
         return DPDPU_ERR_INVALID_ARGUMENT;
-    return peek_span(ring, view, dpdpu__deadline_ns(timeout_us));
+    rc = peek_span(ring, view, dpdpu__deadline_ns(timeout_us));
+    note_partial(ring);
+    return rc;
 }
 
 int dpdpu_ring_release(struct dpdpu_ring *ring)
@@ -1198,6 +1236,7 @@ int dpdpu_ring_rewind(struct dpdpu_ring *ring)
     if (rc)
         return rc;
     ring->rx = ring->rx_saved;
+    note_partial(ring);
     return 0;
 }
 
@@ -1241,20 +1280,17 @@ int dpdpu_ring_recv(struct dpdpu_ring *ring, void *buf, uint64_t cap, uint64_t *
         return rc;
     if (len == NULL || (buf == NULL && cap > 0))
         return DPDPU_ERR_INVALID_ARGUMENT;
-    return recv_one(ring, buf, cap, len, dpdpu__deadline_ns(timeout_us));
+    rc = recv_one(ring, buf, cap, len, dpdpu__deadline_ns(timeout_us));
+    note_partial(ring);
+    return rc;
 }
 
-int dpdpu_ring_recv_batch(struct dpdpu_ring *ring, void *buf, uint64_t cap, uint64_t *lens, uint32_t max,
-                          uint32_t *n, int64_t timeout_us)
+static int recv_batch(struct dpdpu_ring *ring, uint8_t *out, uint64_t cap, uint64_t *lens, uint32_t max,
+                      uint32_t *n, uint64_t deadline)
 {
-    uint64_t deadline = dpdpu__deadline_ns(timeout_us);
-    uint8_t *out = buf;
     struct dpdpu_ring_view v;
-    int rc = check_end(ring, DPDPU_RING_CONSUMER);
-    if (rc)
-        return rc;
-    if (lens == NULL || n == NULL || max == 0 || (buf == NULL && cap > 0))
-        return DPDPU_ERR_INVALID_ARGUMENT;
+    int rc;
+
     *n = 0;
     release(ring);
     if (ring->rx.in_bulk) {
@@ -1301,4 +1337,17 @@ int dpdpu_ring_recv_batch(struct dpdpu_ring *ring, void *buf, uint64_t cap, uint
     release(ring);
     *n = k;
     return 0;
+}
+
+int dpdpu_ring_recv_batch(struct dpdpu_ring *ring, void *buf, uint64_t cap, uint64_t *lens, uint32_t max,
+                          uint32_t *n, int64_t timeout_us)
+{
+    int rc = check_end(ring, DPDPU_RING_CONSUMER);
+    if (rc)
+        return rc;
+    if (lens == NULL || n == NULL || max == 0 || (buf == NULL && cap > 0))
+        return DPDPU_ERR_INVALID_ARGUMENT;
+    rc = recv_batch(ring, buf, cap, lens, max, n, dpdpu__deadline_ns(timeout_us));
+    note_partial(ring);
+    return rc;
 }

@@ -1,8 +1,8 @@
 /*
  * stress_ring.c - the shared-memory ring between two threads: every way of
  * sending against every way of receiving on a small ring (so both sides
- * wrap, fill up and sleep on the doorbell), closes from a third thread, and
- * the timeout convention.
+ * wrap, fill up and sleep on the doorbell) with a third thread watching
+ * their counters, closes from another thread, and the timeout convention.
  */
 #include "dpdpu_ring.h"
 #include "harness.h"
@@ -29,7 +29,24 @@ struct pair {
     struct dpdpu_ring *cons;
     uint64_t max_msg;
     uint64_t received;
+    int done; /* __atomic: both ends finished */
 };
+
+/* Another thread watching both ends while they work. */
+static void *watcher_main(void *arg)
+{
+    struct pair *p = arg;
+    struct dpdpu_ring_stats prod, cons;
+
+    while (!__atomic_load_n(&p->done, __ATOMIC_ACQUIRE)) {
+        CHECK_OK(dpdpu_ring_stats(p->prod, &prod));
+        CHECK_OK(dpdpu_ring_stats(p->cons, &cons));
+        CHECK(prod.role == DPDPU_RING_PRODUCER && cons.role == DPDPU_RING_CONSUMER);
+        CHECK(prod.used <= prod.capacity && cons.used <= cons.capacity);
+        t_sleep_us(50);
+    }
+    return NULL;
+}
 
 static void *producer_main(void *arg)
 {
@@ -151,7 +168,7 @@ static void producer_and_consumer(void)
     /* A small ring with both sides polling, then with both sleeping at once. */
     for (int round = 0; round < 2; round++) {
         struct pair p;
-        pthread_t prod, cons;
+        pthread_t prod, cons, watcher;
         struct dpdpu_ring_stats st;
 
         memset(&p, 0, sizeof(p));
@@ -165,8 +182,11 @@ static void producer_and_consumer(void)
         }
         CHECK(pthread_create(&cons, NULL, consumer_main, &p) == 0);
         CHECK(pthread_create(&prod, NULL, producer_main, &p) == 0);
+        CHECK(pthread_create(&watcher, NULL, watcher_main, &p) == 0);
         CHECK(pthread_join(prod, NULL) == 0);
         CHECK(pthread_join(cons, NULL) == 0);
+        __atomic_store_n(&p.done, 1, __ATOMIC_RELEASE);
+        CHECK(pthread_join(watcher, NULL) == 0);
         CHECK(p.received == MESSAGES);
         CHECK_OK(dpdpu_ring_stats(p.cons, &st));
         CHECK(st.messages == MESSAGES && st.used == 0 && st.peer == DPDPU_RING_PEER_CLOSED);
