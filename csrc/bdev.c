@@ -385,15 +385,13 @@ static void enqueue(struct dpdpu_bdev *b, struct dpdpu_bdev_io *io)
 }
 
 /* Wait for room; called and returns with b->lock held. */
-static int wait_room(struct dpdpu_bdev *b, int64_t timeout_us, uint64_t deadline)
+static int wait_room(struct dpdpu_bdev *b, uint64_t deadline)
 {
     int rc = 0;
 
     while (!b->stopping && b->in_flight >= b->queue_depth) {
-        if (timeout_us == 0)
-            return DPDPU_ERR_AGAIN;
         if (rc == ETIMEDOUT)
-            return DPDPU_ERR_TIMEOUT;
+            return deadline == DPDPU__NO_WAIT ? DPDPU_ERR_AGAIN : DPDPU_ERR_TIMEOUT;
         rc = dpdpu__cond_wait_until(&b->has_room, &b->lock, deadline);
     }
     return b->stopping ? DPDPU_ERR_SHUTDOWN : DPDPU_OK;
@@ -408,7 +406,7 @@ int dpdpu_bdev_submit(struct dpdpu_bdev *b, struct dpdpu_bdev_io *io, int64_t ti
     if ((rc = check_io(b, io)) != DPDPU_OK)
         return rc;
     pthread_mutex_lock(&b->lock);
-    rc = wait_room(b, timeout_us, dpdpu__deadline_ns(timeout_us));
+    rc = wait_room(b, dpdpu__deadline_ns(timeout_us));
     if (rc == DPDPU_OK)
         enqueue(b, io);
     pthread_mutex_unlock(&b->lock);
@@ -417,7 +415,6 @@ int dpdpu_bdev_submit(struct dpdpu_bdev *b, struct dpdpu_bdev_io *io, int64_t ti
 
 int dpdpu_bdev_submit_batch(struct dpdpu_bdev *b, struct dpdpu_bdev_io *const *ios, uint32_t n, int64_t timeout_us)
 {
-    uint64_t deadline;
     uint32_t k;
     int rc = DPDPU_OK;
 
@@ -432,8 +429,7 @@ int dpdpu_bdev_submit_batch(struct dpdpu_bdev *b, struct dpdpu_bdev_io *const *i
     pthread_mutex_lock(&b->lock);
     for (k = 0; k < n; k++) {
         /* Each I/O gets the full timeout, as if submitted one by one. */
-        deadline = dpdpu__deadline_ns(timeout_us);
-        if ((rc = wait_room(b, timeout_us, deadline)) != DPDPU_OK)
+        if ((rc = wait_room(b, dpdpu__deadline_ns(timeout_us))) != DPDPU_OK)
             break;
         enqueue(b, ios[k]);
     }
@@ -482,11 +478,11 @@ int dpdpu_bdev_wait(struct dpdpu_bdev *b, int64_t timeout_us, int64_t interval_u
              * likely about to ask for it.  Give it an interval to do so
              * rather than race it for the completion (and the GIL). */
             graced = 1;
-            until = dpdpu__now_ns() + (uint64_t)interval_us * 1000ull;
+            until = dpdpu__deadline_ns(interval_us);
         } else if (interval_us > 0 && b->poll_hot && b->outstanding > 0) {
             /* Completions came without anyone waiting for them: more are
              * likely, so look every interval rather than be woken by each. */
-            until = dpdpu__now_ns() + (uint64_t)interval_us * 1000ull;
+            until = dpdpu__deadline_ns(interval_us);
         } else {
             /* Woken by a completion nobody waits for (a caller waiting in
              * dpdpu_bdev_io_wait takes its own), so a submit-then-wait loop
@@ -496,14 +492,11 @@ int dpdpu_bdev_wait(struct dpdpu_bdev *b, int64_t timeout_us, int64_t interval_u
             b->completion_sleepers++;
             dpdpu__cond_wait_until(&b->cq_cond, &b->cq_lock, deadline);
             b->completion_sleepers--;
-            until = 0;
+            until = DPDPU__NO_WAIT; /* waited already */
         }
-        if (until != 0) {
-            if (deadline != 0 && deadline < until)
-                until = deadline;
-            dpdpu__cond_wait_until(&b->cq_cond, &b->cq_lock, until);
-        }
-        if (deadline != 0 && dpdpu__now_ns() >= deadline)
+        if (until != DPDPU__NO_WAIT)
+            dpdpu__cond_wait_until(&b->cq_cond, &b->cq_lock, until < deadline ? until : deadline);
+        if (dpdpu__now_ns() >= deadline)
             break;
     }
     n = (int)b->cq_len;
@@ -540,15 +533,15 @@ int dpdpu_bdev_io_wait(struct dpdpu_bdev *b, struct dpdpu_bdev_io *io, int64_t t
     /* Announce the wait first so the completion does not wake a poller. */
     __atomic_fetch_add(&io->priv_waiters, 1, __ATOMIC_ACQ_REL);
     spin_until = dpdpu__now_ns() + (io->length > BDEV_LARGE_IO ? BDEV_WAIT_SPIN_LARGE_NS : BDEV_WAIT_SPIN_NS);
-    if (deadline != 0 && deadline < spin_until)
+    if (deadline < spin_until)
         spin_until = deadline;
     while (!__atomic_load_n(&io->done, __ATOMIC_ACQUIRE) && dpdpu__now_ns() < spin_until)
         dpdpu__cpu_relax();
     pthread_mutex_lock(&b->cq_lock);
-    while (!io->done && rc != ETIMEDOUT)
+    while (!__atomic_load_n(&io->done, __ATOMIC_ACQUIRE) && rc != ETIMEDOUT)
         rc = dpdpu__cond_wait_until(&b->io_cond, &b->cq_lock, deadline);
     __atomic_fetch_sub(&io->priv_waiters, 1, __ATOMIC_ACQ_REL);
-    done = io->done;
+    done = __atomic_load_n(&io->done, __ATOMIC_ACQUIRE);
     pthread_mutex_unlock(&b->cq_lock);
     return done ? DPDPU_OK : DPDPU_ERR_TIMEOUT;
 }

@@ -22,7 +22,7 @@ struct cache_bucket {
 
 struct dpdpu_cache {
     uint64_t capacity;
-    uint64_t count; /* __atomic: reserved before a slot is taken so the capacity is never exceeded */
+    uint64_t count; /* __atomic: reserved before a slot is taken (reserve_entry) */
     uint64_t mask;
     struct cache_bucket *buckets;
 };
@@ -126,6 +126,19 @@ static struct cache_slot *find_pair(struct dpdpu_cache *c, uint64_t a, uint64_t 
     return slot;
 }
 
+/* Count one more entry unless the table is full.  The count never goes past
+ * the capacity, even for a moment, so dpdpu_cache_count() never reports more. */
+static int reserve_entry(struct dpdpu_cache *c)
+{
+    uint64_t n = __atomic_load_n(&c->count, __ATOMIC_RELAXED);
+
+    do {
+        if (n >= c->capacity)
+            return 0;
+    } while (!__atomic_compare_exchange_n(&c->count, &n, n + 1, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED));
+    return 1;
+}
+
 int dpdpu_cache_put(struct dpdpu_cache *cache, const void *key, size_t key_len,
                     const struct dpdpu_cache_entry *entry)
 {
@@ -140,8 +153,7 @@ int dpdpu_cache_put(struct dpdpu_cache *cache, const void *key, size_t key_len,
         unlock_pair(cache, a, b);
         return DPDPU_CACHE_UPDATED;
     }
-    if (__atomic_add_fetch(&cache->count, 1, __ATOMIC_ACQ_REL) > cache->capacity) {
-        __atomic_sub_fetch(&cache->count, 1, __ATOMIC_ACQ_REL);
+    if (!reserve_entry(cache)) {
         unlock_pair(cache, a, b);
         return DPDPU_ERR_NO_DEVICE_MEMORY;
     }

@@ -111,6 +111,15 @@ static int hw_available(void)
 }
 #endif
 
+#ifdef DPDPU_HAVE_HW_CRC
+static int hw; /* written once, under hw_once */
+
+static void hw_init(void)
+{
+    hw = hw_available();
+}
+#endif
+
 uint32_t dpdpu_crc32c(uint32_t crc, const void *data, uint64_t len)
 {
     const uint8_t *p = data;
@@ -119,9 +128,9 @@ uint32_t dpdpu_crc32c(uint32_t crc, const void *data, uint64_t len)
     if (len == 0)
         return crc;
 #ifdef DPDPU_HAVE_HW_CRC
-    static int hw = -1;
-    if (hw < 0)
-        hw = hw_available(); /* racing threads compute the same answer */
+    /* Workers make their first call at the same moment: ask the CPU once. */
+    static pthread_once_t hw_once = PTHREAD_ONCE_INIT;
+    pthread_once(&hw_once, hw_init);
     if (hw)
         return ~crc32c_hw(c, p, len);
 #endif

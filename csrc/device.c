@@ -138,21 +138,25 @@ int dpdpu_dev_open(const struct dpdpu_dev_cfg *cfg, struct dpdpu_dev **out)
     return DPDPU_OK;
 }
 
+/* The engines' locks live as long as the device, not just until close: a
+ * submission racing dpdpu_dev_close() may still take one, and then finds its
+ * engine stopping. */
 static void dev_unref(struct dpdpu_dev *dev)
 {
-    if (__atomic_sub_fetch(&dev->refs, 1, __ATOMIC_ACQ_REL) == 0)
-        free(dev);
+    if (__atomic_sub_fetch(&dev->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    for (uint32_t i = 0; i < dev->n_engines; i++)
+        engine_destroy(&dev->engines[i]);
+    free(dev);
 }
 
 int dpdpu_dev_close(struct dpdpu_dev *dev, int drain)
 {
-    if (dev == NULL || dev->closed)
+    /* Marked closed first, so that of two racing closes one does the work. */
+    if (dev == NULL || __atomic_exchange_n(&dev->closed, 1, __ATOMIC_ACQ_REL))
         return DPDPU_ERR_INVALID_ARGUMENT;
     for (uint32_t i = 0; i < dev->n_engines; i++)
         engine_stop_threads(&dev->engines[i], drain);
-    for (uint32_t i = 0; i < dev->n_engines; i++)
-        engine_destroy(&dev->engines[i]);
-    dev->closed = 1;
     return DPDPU_OK;
 }
 
@@ -160,7 +164,7 @@ void dpdpu_dev_release(struct dpdpu_dev *dev)
 {
     if (dev == NULL)
         return;
-    if (!dev->closed)
+    if (!__atomic_load_n(&dev->closed, __ATOMIC_ACQUIRE))
         dpdpu_dev_close(dev, 0);
     /* Memory maps still registered keep the device alive until they are
      * destroyed, so their owners never hold dangling pointers. */
@@ -287,7 +291,7 @@ int dpdpu_mmap_create(struct dpdpu_dev *dev, void *addr, uint64_t len, uint32_t 
 {
     if (dev == NULL || out == NULL || (addr == NULL && len != 0) || (flags & ~1u))
         return DPDPU_ERR_INVALID_ARGUMENT;
-    if (dev->closed)
+    if (__atomic_load_n(&dev->closed, __ATOMIC_ACQUIRE))
         return DPDPU_ERR_SHUTDOWN;
     if ((uintptr_t)addr > UINTPTR_MAX - len)
         return DPDPU_ERR_INVALID_ARGUMENT;
@@ -301,7 +305,7 @@ int dpdpu_mmap_alloc(struct dpdpu_dev *dev, uint64_t len, struct dpdpu_mmap **ou
 
     if (dev == NULL || out == NULL || len == 0 || len > SIZE_MAX)
         return DPDPU_ERR_INVALID_ARGUMENT;
-    if (dev->closed)
+    if (__atomic_load_n(&dev->closed, __ATOMIC_ACQUIRE))
         return DPDPU_ERR_SHUTDOWN;
     /* Check the budget before touching the allocator so an oversized request
      * fails cleanly instead of exhausting the host. */
@@ -353,7 +357,7 @@ int dpdpu_task_map_host(struct dpdpu_task *task, struct dpdpu_dev *dev, int dst,
 
     if (task == NULL || dev == NULL || (addr == NULL && len != 0))
         return DPDPU_ERR_INVALID_ARGUMENT;
-    if (dev->closed)
+    if (__atomic_load_n(&dev->closed, __ATOMIC_ACQUIRE))
         return DPDPU_ERR_SHUTDOWN;
     m = &task->priv_maps[dst ? 1 : 0];
     buf = dst ? &task->dst : &task->src;

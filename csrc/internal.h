@@ -36,6 +36,9 @@ struct dpdpu_engine {
     int on_device;
     struct dpdpu_dev *dev;
 
+    /* The queue.  Everything below is read and written under `lock`; idle
+     * workers also peek at `head` and `stopping` without it, and schedulers
+     * read `in_flight`, so those three are only ever stored atomically. */
     pthread_mutex_t lock;
     pthread_cond_t has_work;
     pthread_cond_t has_room;
@@ -56,8 +59,8 @@ struct dpdpu_dev {
     char name[64];
     uint64_t memory_bytes; /* UINT64_MAX when unlimited */
     uint64_t mem_used;     /* updated with __atomic builtins */
-    int64_t refs;          /* 1 until closed, plus one per memory map; __atomic */
-    int closed;
+    int64_t refs;          /* 1 until released, plus one per memory map; __atomic */
+    int closed;            /* __atomic: set once, by the dpdpu_dev_close() that stops the engines */
     dpdpu_callback_fn callback;
     uint32_t n_engines;
     struct dpdpu_engine engines[DPDPU_MAX_ENGINES];
@@ -95,8 +98,25 @@ int dpdpu__kernel_execute(struct dpdpu_task *task);
 void *dpdpu__worker_main(void *engine);
 uint64_t dpdpu__now_ns(void);
 int dpdpu__cond_init_monotonic(pthread_cond_t *cond);
-/* Wait on cond until the absolute CLOCK_MONOTONIC deadline (0: no limit). */
-int dpdpu__cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *lock, uint64_t deadline_ns);
+
+/*
+ * Timeouts and deadlines, one convention for the whole core (pe.c, bdev.c,
+ * ring.c).  Every public call that may block takes `int64_t timeout_us`:
+ * negative waits without limit, 0 never blocks, a positive value blocks at
+ * most that many microseconds.  Inside, a timeout becomes a deadline: an
+ * absolute CLOCK_MONOTONIC time in nanoseconds, in which the two ends keep
+ * their meaning -- DPDPU__NO_WAIT (0) is already past, DPDPU__FOREVER never
+ * comes -- so "deadline < t" and "now >= deadline" need no special case.
+ */
+#define DPDPU__NO_WAIT ((uint64_t)0)
+#define DPDPU__FOREVER UINT64_MAX
+
+/* The deadline of a timeout starting now; one too far to represent (beyond
+ * some 290 years) is no limit rather than a time that wrapped around. */
 uint64_t dpdpu__deadline_ns(int64_t timeout_us);
+
+/* Wait on cond until the deadline: ETIMEDOUT once it has passed (at once for
+ * DPDPU__NO_WAIT), else pthread_cond_wait's result. */
+int dpdpu__cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *lock, uint64_t deadline_ns);
 
 #endif /* DPDPU_INTERNAL_H */

@@ -29,17 +29,26 @@ int dpdpu__cond_init_monotonic(pthread_cond_t *cond)
 
 uint64_t dpdpu__deadline_ns(int64_t timeout_us)
 {
+    uint64_t now;
+
     if (timeout_us < 0)
-        return 0;
-    return dpdpu__now_ns() + (uint64_t)timeout_us * 1000ull;
+        return DPDPU__FOREVER;
+    if (timeout_us == 0)
+        return DPDPU__NO_WAIT;
+    now = dpdpu__now_ns();
+    if ((uint64_t)timeout_us > (DPDPU__FOREVER - 1 - now) / 1000ull)
+        return DPDPU__FOREVER;
+    return now + (uint64_t)timeout_us * 1000ull;
 }
 
 int dpdpu__cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *lock, uint64_t deadline_ns)
 {
     struct timespec ts;
 
-    if (deadline_ns == 0)
+    if (deadline_ns == DPDPU__FOREVER)
         return pthread_cond_wait(cond, lock);
+    if (deadline_ns == DPDPU__NO_WAIT)
+        return ETIMEDOUT;
     ts.tv_sec = (time_t)(deadline_ns / 1000000000ull);
     ts.tv_nsec = (long)(deadline_ns % 1000000000ull);
     return pthread_cond_timedwait(cond, lock, &ts);
@@ -116,7 +125,7 @@ int dpdpu_pe_progress(struct dpdpu_pe *pe, struct dpdpu_task **out, uint32_t max
 int dpdpu_pe_wait(struct dpdpu_pe *pe, int64_t timeout_us, int64_t interval_us)
 {
     uint64_t deadline, kicks, until;
-    int n;
+    int n, kicked;
 
     if (pe == NULL)
         return DPDPU_ERR_INVALID_ARGUMENT;
@@ -139,21 +148,20 @@ int dpdpu_pe_wait(struct dpdpu_pe *pe, int64_t timeout_us, int64_t interval_us)
         } else {
             /* Tasks in flight: look again every interval, leaving their owners
              * time to take completions themselves, without a wake-up per task. */
-            until = dpdpu__now_ns() + (uint64_t)interval_us * 1000ull;
-            if (deadline != 0 && deadline < until)
+            until = dpdpu__deadline_ns(interval_us);
+            if (deadline < until)
                 until = deadline;
             dpdpu__cond_wait_until(&pe->cond, &pe->lock, until);
             if (pe->cq_len != 0)
                 break;
         }
-        if (deadline != 0 && dpdpu__now_ns() >= deadline)
+        if (dpdpu__now_ns() >= deadline)
             break;
     }
     n = (int)pe->cq_len;
+    kicked = pe->kicks != kicks;
     pthread_mutex_unlock(&pe->lock);
-    if (n == 0 && pe->kicks == kicks)
-        return DPDPU_ERR_TIMEOUT;
-    return n;
+    return n == 0 && !kicked ? DPDPU_ERR_TIMEOUT : n;
 }
 
 void dpdpu_pe_kick(struct dpdpu_pe *pe)
@@ -181,7 +189,7 @@ uint64_t dpdpu_pe_outstanding(struct dpdpu_pe *pe)
 /* The engine whose worker is the calling thread, if any. */
 static __thread struct dpdpu_engine *tls_engine;
 
-static struct dpdpu_task *engine_try_pop(struct dpdpu_engine *e);
+static struct dpdpu_task *engine_try_pop(struct dpdpu_engine *e, int *cancel);
 static void run_task(struct dpdpu_engine *e, struct dpdpu_task *t, int cancel);
 static void account(struct dpdpu_engine *e, struct dpdpu_task *t, int status);
 
@@ -199,37 +207,38 @@ int dpdpu_task_wait(struct dpdpu_pe *pe, struct dpdpu_task *task, int64_t timeou
     __atomic_fetch_add(&task->priv_waiters, 1, __ATOMIC_ACQ_REL);
     if (tls_engine == NULL) {
         spin_until = dpdpu__now_ns() + DPDPU_WAIT_SPIN_NS;
-        if (deadline != 0 && deadline < spin_until)
+        if (deadline < spin_until)
             spin_until = deadline;
         while (!__atomic_load_n(&task->done, __ATOMIC_ACQUIRE) && dpdpu__now_ns() < spin_until)
             dpdpu__cpu_relax();
     }
     pthread_mutex_lock(&pe->lock);
-    while (!task->done && rc != ETIMEDOUT) {
-        if (tls_engine != NULL) {
+    while (!__atomic_load_n(&task->done, __ATOMIC_ACQUIRE) && rc != ETIMEDOUT) {
+        if (tls_engine != NULL && deadline != DPDPU__NO_WAIT) {
             /* A worker waiting on another task would hold its slot hostage;
              * if every worker of an engine did, tasks queued behind them could
              * never run.  Run queued work of our own engine while we wait. */
             struct dpdpu_task *t;
+            int cancel;
             pthread_mutex_unlock(&pe->lock);
-            t = engine_try_pop(tls_engine);
+            t = engine_try_pop(tls_engine, &cancel);
             if (t != NULL)
-                run_task(tls_engine, t, 0);
+                run_task(tls_engine, t, cancel);
             pthread_mutex_lock(&pe->lock);
             if (t != NULL)
                 continue;
             slice = dpdpu__now_ns() + 1000000ull; /* look at the queue again in 1 ms */
-            if (deadline != 0 && deadline < slice)
+            if (deadline < slice)
                 slice = deadline;
             rc = dpdpu__cond_wait_until(&pe->task_cond, &pe->lock, slice);
-            if (rc == ETIMEDOUT && (deadline == 0 || dpdpu__now_ns() < deadline))
+            if (rc == ETIMEDOUT && dpdpu__now_ns() < deadline)
                 rc = 0;
         } else {
             rc = dpdpu__cond_wait_until(&pe->task_cond, &pe->lock, deadline);
         }
     }
     __atomic_fetch_sub(&task->priv_waiters, 1, __ATOMIC_ACQ_REL);
-    done = task->done;
+    done = __atomic_load_n(&task->done, __ATOMIC_ACQUIRE);
     pthread_mutex_unlock(&pe->lock);
     return done ? DPDPU_OK : DPDPU_ERR_TIMEOUT;
 }
@@ -290,7 +299,9 @@ int dpdpu_task_submit(struct dpdpu_pe *pe, struct dpdpu_dev *dev, struct dpdpu_t
 
     if (pe == NULL || dev == NULL || task == NULL)
         return DPDPU_ERR_INVALID_ARGUMENT;
-    if (dev->closed)
+    /* Only a shortcut: what refuses a submission racing dpdpu_dev_close() is
+     * the engine's stopping flag, read under its lock below. */
+    if (__atomic_load_n(&dev->closed, __ATOMIC_ACQUIRE))
         return DPDPU_ERR_SHUTDOWN;
     if (task->op >= DPDPU_OP_COUNT)
         return DPDPU_ERR_UNKNOWN_OP;
@@ -334,10 +345,10 @@ int dpdpu_task_submit(struct dpdpu_pe *pe, struct dpdpu_dev *dev, struct dpdpu_t
     pthread_mutex_lock(&e->lock);
     rc = 0;
     while (!e->stopping && e->in_flight >= e->queue_depth) {
-        if (timeout_us == 0 || rc == ETIMEDOUT) {
+        if (rc == ETIMEDOUT) {
             pthread_mutex_unlock(&e->lock);
             dpdpu__mem_release(dev, footprint);
-            return timeout_us == 0 ? DPDPU_ERR_AGAIN : DPDPU_ERR_TIMEOUT;
+            return deadline == DPDPU__NO_WAIT ? DPDPU_ERR_AGAIN : DPDPU_ERR_TIMEOUT;
         }
         rc = dpdpu__cond_wait_until(&e->has_room, &e->lock, deadline);
     }
@@ -354,7 +365,7 @@ int dpdpu_task_submit(struct dpdpu_pe *pe, struct dpdpu_dev *dev, struct dpdpu_t
         uint64_t start;
         int status;
 
-        e->in_flight++;
+        __atomic_fetch_add(&e->in_flight, 1, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&e->lock);
         __atomic_fetch_add(&e->stats.inlined, 1, __ATOMIC_RELAXED);
         start = dpdpu__now_ns();
@@ -373,7 +384,7 @@ int dpdpu_task_submit(struct dpdpu_pe *pe, struct dpdpu_dev *dev, struct dpdpu_t
     else
         __atomic_store_n(&e->head, task, __ATOMIC_RELEASE);
     e->tail = task;
-    e->in_flight++;
+    __atomic_fetch_add(&e->in_flight, 1, __ATOMIC_RELAXED);
     if (e->sleepers > 0) /* a polling worker will see it without a wake-up */
         pthread_cond_signal(&e->has_work);
     pthread_mutex_unlock(&e->lock);
@@ -398,7 +409,7 @@ static void account(struct dpdpu_engine *e, struct dpdpu_task *t, int status)
         __atomic_fetch_add(&e->stats.bytes_out, t->result, __ATOMIC_RELAXED);
 
     pthread_mutex_lock(&e->lock);
-    e->in_flight--;
+    __atomic_fetch_sub(&e->in_flight, 1, __ATOMIC_RELAXED);
     pthread_cond_signal(&e->has_room);
     pthread_mutex_unlock(&e->lock);
 }
@@ -427,17 +438,30 @@ static void complete(struct dpdpu_engine *e, struct dpdpu_task *t, int status)
     pthread_mutex_unlock(&pe->lock);
 }
 
-static struct dpdpu_task *engine_try_pop(struct dpdpu_engine *e)
+/* Unlink the first queued task, if any; called with e->lock held.  Idle
+ * workers peek at e->head without the lock, so it is only ever stored
+ * atomically (see dpdpu_task_submit() for the other store). */
+static struct dpdpu_task *engine_pop_locked(struct dpdpu_engine *e)
+{
+    struct dpdpu_task *t = e->head;
+
+    if (t != NULL) {
+        __atomic_store_n(&e->head, t->priv_next, __ATOMIC_RELAXED);
+        if (t->priv_next == NULL)
+            e->tail = NULL;
+    }
+    return t;
+}
+
+/* A queued task for a worker that helps while it waits; *cancel says
+ * whether the engine is stopping without draining. */
+static struct dpdpu_task *engine_try_pop(struct dpdpu_engine *e, int *cancel)
 {
     struct dpdpu_task *t;
 
     pthread_mutex_lock(&e->lock);
-    t = e->head;
-    if (t != NULL) {
-        e->head = t->priv_next;
-        if (e->head == NULL)
-            e->tail = NULL;
-    }
+    t = engine_pop_locked(e);
+    *cancel = e->stopping && !e->drain;
     pthread_mutex_unlock(&e->lock);
     return t;
 }
@@ -472,14 +496,11 @@ void *dpdpu__worker_main(void *arg)
             pthread_cond_wait(&e->has_work, &e->lock);
             e->sleepers--;
         }
-        t = e->head;
+        t = engine_pop_locked(e);
         if (t == NULL) {
             pthread_mutex_unlock(&e->lock);
             break;
         }
-        e->head = t->priv_next;
-        if (e->head == NULL)
-            e->tail = NULL;
         cancel = e->stopping && !e->drain;
         pthread_mutex_unlock(&e->lock);
         run_task(e, t, cancel);

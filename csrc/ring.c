@@ -32,21 +32,18 @@
 #include <unistd.h>
 
 #include "dpdpu_ring.h"
+#include "internal.h"
 
 #define RING_MAGIC 0x474e5255504450ull /* "DPDPURNG" minus the last byte, little endian */
 #define RING_VERSION 1u
 #define RING_HDR_SIZE 4096u
 #define CACHE_LINE 64
-#define SLICE_NS ((int64_t)DPDPU_RING_SLICE_US * 1000)
+#define SLICE_NS ((uint64_t)DPDPU_RING_SLICE_US * 1000)
 #define PATH_CAP (DPDPU_RING_NAME_MAX + 64)
 /* Bulk chunks: where their data starts, and what their lengths are multiples of. */
 #define BULK_ALIGN 64u
 #define BULK_PREFIX (BULK_ALIGN - sizeof(struct rec_hdr))
 #define DEFAULT_CHUNK ((uint64_t)1 << 20)
-
-/* Deadlines are CLOCK_MONOTONIC nanoseconds; these two are special. */
-#define NO_WAIT ((int64_t)0)
-#define FOREVER INT64_MAX
 
 enum rec_kind {
     REC_MSG = 1,
@@ -151,27 +148,20 @@ struct dpdpu_ring {
     struct rx_state rx;
     struct rx_state rx_saved;
 
-    struct dpdpu_ring_stats st; /* counters only */
+    /* Counters, and where a bulk message left half done stands: written by
+     * the thread using the handle (count(), note_partial()), read by
+     * dpdpu_ring_stats() from any thread. */
+    struct dpdpu_ring_stats st;
 };
 
 static uint32_t tmp_counter;
 
 /* --- helpers ------------------------------------------------------------- */
 
-static inline int64_t now_ns(void)
+/* Add to a counter of st: one writer, so a plain read and an atomic store. */
+static inline void count(uint64_t *counter, uint64_t n)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int64_t deadline_of(int64_t timeout_us)
-{
-    if (timeout_us < 0 || timeout_us > INT64_MAX / 4000)
-        return FOREVER;
-    if (timeout_us == 0)
-        return NO_WAIT;
-    return now_ns() + timeout_us * 1000;
+    __atomic_store_n(counter, *counter + n, __ATOMIC_RELAXED);
 }
 
 static inline void cpu_pause(void)
@@ -330,14 +320,14 @@ static void doorbell(struct dpdpu_ring *r)
     if (__atomic_load_n(sleeping, __ATOMIC_RELAXED) && __atomic_exchange_n(sleeping, 0, __ATOMIC_ACQ_REL)) {
         __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE);
         futex_wake(seq);
-        r->st.wakeups++;
+        count(&r->st.wakeups, 1);
     }
 }
 
 /* Wait until ready(r, need): poll for spin_ns, then sleep on the doorbell
  * in slices, checking after each timed-out sleep that the peer lives.
- * \return 0, AGAIN (deadline NO_WAIT), TIMEOUT, SHUTDOWN */
-static int wait_for(struct dpdpu_ring *r, uint64_t need, int64_t deadline)
+ * \return 0, AGAIN (deadline DPDPU__NO_WAIT), TIMEOUT, SHUTDOWN */
+static int wait_for(struct dpdpu_ring *r, uint64_t need, uint64_t deadline)
 {
     int consumer = r->role == DPDPU_RING_CONSUMER;
     uint32_t *seq = consumer ? &r->h->data_seq : &r->h->room_seq;
@@ -348,11 +338,11 @@ static int wait_for(struct dpdpu_ring *r, uint64_t need, int64_t deadline)
         return 0;
     if ((rc = ended(r, need)))
         return rc > 0 ? 0 : rc;
-    if (deadline == NO_WAIT)
+    if (deadline == DPDPU__NO_WAIT)
         return DPDPU_ERR_AGAIN;
 
-    int64_t t = now_ns();
-    int64_t spin_end = t + r->spin_ns;
+    uint64_t t = dpdpu__now_ns();
+    uint64_t spin_end = t + (uint64_t)r->spin_ns;
     for (uint32_t i = 1; t < spin_end && t < deadline; i++) {
         cpu_pause();
         if (ready(r, need))
@@ -360,7 +350,7 @@ static int wait_for(struct dpdpu_ring *r, uint64_t need, int64_t deadline)
         if ((i & 63) == 0) {
             if ((rc = ended(r, need)))
                 return rc > 0 ? 0 : rc;
-            t = now_ns();
+            t = dpdpu__now_ns();
             /* The peer may be waiting for this very core. */
             if ((i & 1023) == 0)
                 sched_yield();
@@ -378,7 +368,7 @@ static int wait_for(struct dpdpu_ring *r, uint64_t need, int64_t deadline)
             __atomic_store_n(sleeping, 0, __ATOMIC_RELAXED);
             return rc > 0 ? 0 : rc;
         }
-        t = now_ns();
+        t = dpdpu__now_ns();
         if (t >= deadline) {
             __atomic_store_n(sleeping, 0, __ATOMIC_RELAXED);
             check_peer_alive(r);
@@ -386,9 +376,9 @@ static int wait_for(struct dpdpu_ring *r, uint64_t need, int64_t deadline)
                 return rc > 0 ? 0 : rc;
             return DPDPU_ERR_TIMEOUT;
         }
-        int64_t slice = deadline - t < SLICE_NS ? deadline - t : SLICE_NS;
-        r->st.waits++;
-        int err = futex_wait(seq, s, slice);
+        uint64_t slice = deadline - t < SLICE_NS ? deadline - t : SLICE_NS;
+        count(&r->st.waits, 1);
+        int err = futex_wait(seq, s, (int64_t)slice);
         __atomic_store_n(sleeping, 0, __ATOMIC_RELAXED);
         if (err == ETIMEDOUT)
             check_peer_alive(r);
@@ -702,20 +692,26 @@ int dpdpu_ring_stats(struct dpdpu_ring *ring, struct dpdpu_ring_stats *out)
     if (ring == NULL || out == NULL)
         return DPDPU_ERR_INVALID_ARGUMENT;
     struct ring_hdr *h = ring->h;
+    const struct dpdpu_ring_stats *st = &ring->st;
     uint32_t p = peer_of(ring);
-    *out = ring->st;
+    memset(out, 0, sizeof *out);
+    out->messages = __atomic_load_n(&st->messages, __ATOMIC_RELAXED);
+    out->bytes = __atomic_load_n(&st->bytes, __ATOMIC_RELAXED);
+    out->batches = __atomic_load_n(&st->batches, __ATOMIC_RELAXED);
+    out->waits = __atomic_load_n(&st->waits, __ATOMIC_RELAXED);
+    out->wakeups = __atomic_load_n(&st->wakeups, __ATOMIC_RELAXED);
+    out->partial_total = __atomic_load_n(&st->partial_total, __ATOMIC_RELAXED);
+    out->partial_done = __atomic_load_n(&st->partial_done, __ATOMIC_RELAXED);
     out->capacity = ring->cap;
     out->max_message = ring->max_msg;
-    out->used = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE) - __atomic_load_n(&h->head, __ATOMIC_ACQUIRE);
+    /* Head first: it never passes the tail read after it.  Both move while
+     * another thread uses the ring, so the difference is clamped. */
+    uint64_t head = __atomic_load_n(&h->head, __ATOMIC_ACQUIRE);
+    out->used = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE) - head;
+    if (out->used > ring->cap)
+        out->used = ring->cap;
     out->role = ring->role;
     out->closed = __atomic_load_n(&ring->closed, __ATOMIC_ACQUIRE);
-    if (ring->role == DPDPU_RING_PRODUCER) {
-        out->partial_total = ring->tx_active ? ring->tx_total : 0;
-        out->partial_done = ring->tx_active ? ring->tx_done : 0;
-    } else {
-        out->partial_total = ring->rx.in_bulk ? ring->rx.total : 0;
-        out->partial_done = ring->rx.in_bulk ? ring->rx.off : 0;
-    }
     out->peer_pid = __atomic_load_n(&h->pid[p], __ATOMIC_ACQUIRE);
     if (out->peer_pid == 0)
         out->peer = DPDPU_RING_PEER_NONE;
@@ -729,6 +725,23 @@ int dpdpu_ring_stats(struct dpdpu_ring *ring, struct dpdpu_ring_stats *out)
     return 0;
 }
 
+/* Record for dpdpu_ring_stats() where a bulk message left half sent or half
+ * received stands; called whenever a call may have changed it. */
+static void note_partial(struct dpdpu_ring *r)
+{
+    uint64_t total = 0, done = 0;
+
+    if (r->role == DPDPU_RING_PRODUCER && r->tx_active) {
+        total = r->tx_total;
+        done = r->tx_done;
+    } else if (r->role == DPDPU_RING_CONSUMER && r->rx.in_bulk) {
+        total = r->rx.total;
+        done = r->rx.off;
+    }
+    __atomic_store_n(&r->st.partial_total, total, __ATOMIC_RELAXED);
+    __atomic_store_n(&r->st.partial_done, done, __ATOMIC_RELAXED);
+}
+
 /* --- producer ------------------------------------------------------------- */
 
 /* Make the records reserved so far visible with one store. */
@@ -739,15 +752,15 @@ static int publish(struct dpdpu_ring *r)
         return 0;
     __atomic_store_n(&r->h->tail, r->wpos, __ATOMIC_RELEASE);
     r->published = r->wpos;
-    r->st.batches++;
-    r->st.messages += r->pending_msgs;
-    r->st.bytes += r->pending_bytes;
+    count(&r->st.batches, 1);
+    count(&r->st.messages, r->pending_msgs);
+    count(&r->st.bytes, r->pending_bytes);
     r->pending_msgs = r->pending_bytes = 0;
     doorbell(r);
     return n;
 }
 
-static int room(struct dpdpu_ring *r, uint64_t need, int64_t deadline)
+static int room(struct dpdpu_ring *r, uint64_t need, uint64_t deadline)
 {
     if (r->cap - (r->wpos - r->head_cache) >= need)
         return 0;
@@ -766,7 +779,7 @@ static inline void write_hdr(uint8_t *at, uint64_t len, uint32_t kind)
 }
 
 /* Reserve one record of a len-byte payload; *payload is where to write it. */
-static int reserve_rec(struct dpdpu_ring *r, uint64_t len, uint32_t kind, uint8_t **payload, int64_t deadline)
+static int reserve_rec(struct dpdpu_ring *r, uint64_t len, uint32_t kind, uint8_t **payload, uint64_t deadline)
 {
     uint64_t size = rec_size(len);
     uint64_t off = r->wpos & r->mask;
@@ -793,7 +806,7 @@ static int reserve_rec(struct dpdpu_ring *r, uint64_t len, uint32_t kind, uint8_
 /* Pad up to the next BULK_ALIGN boundary.  A copy between addresses that
  * are not equally aligned runs at a fraction of the speed of an aligned one,
  * and the consumer's buffer is usually aligned. */
-static int align_wpos(struct dpdpu_ring *r, int64_t deadline)
+static int align_wpos(struct dpdpu_ring *r, uint64_t deadline)
 {
     uint64_t mis = r->wpos & (BULK_ALIGN - 1);
     if (mis == 0)
@@ -807,7 +820,7 @@ static int align_wpos(struct dpdpu_ring *r, int64_t deadline)
     return 0;
 }
 
-static int abort_bulk(struct dpdpu_ring *r, int64_t deadline)
+static int abort_bulk(struct dpdpu_ring *r, uint64_t deadline)
 {
     uint8_t *p;
     int rc;
@@ -816,12 +829,13 @@ static int abort_bulk(struct dpdpu_ring *r, int64_t deadline)
     if ((rc = reserve_rec(r, 0, REC_ABORT, &p, deadline)))
         return rc;
     r->tx_active = 0;
+    note_partial(r);
     publish(r);
     return 0;
 }
 
 /* Common checks of a producer call; drops a half-sent bulk message first. */
-static int producer_enter(struct dpdpu_ring *r, int64_t deadline)
+static int producer_enter(struct dpdpu_ring *r, uint64_t deadline)
 {
     int rc = check_end(r, DPDPU_RING_PRODUCER);
     if (rc)
@@ -833,7 +847,7 @@ static int producer_enter(struct dpdpu_ring *r, int64_t deadline)
 
 int dpdpu_ring_reserve(struct dpdpu_ring *ring, uint64_t len, void **out, int64_t timeout_us)
 {
-    int64_t deadline = deadline_of(timeout_us);
+    uint64_t deadline = dpdpu__deadline_ns(timeout_us);
     uint8_t *p;
     int rc;
     if (out == NULL)
@@ -858,7 +872,7 @@ int dpdpu_ring_commit(struct dpdpu_ring *ring)
 
 int dpdpu_ring_send(struct dpdpu_ring *ring, const void *data, uint64_t len, int64_t timeout_us)
 {
-    int64_t deadline = deadline_of(timeout_us);
+    uint64_t deadline = dpdpu__deadline_ns(timeout_us);
     uint8_t *p;
     int rc;
     if (data == NULL && len > 0)
@@ -910,7 +924,7 @@ static int batch_check(const struct dpdpu_ring *r, const struct batch_src *src, 
 static int send_many(struct dpdpu_ring *r, const struct batch_src *src, uint32_t n, uint64_t size,
                      int64_t timeout_us, uint32_t *sent)
 {
-    int64_t deadline = deadline_of(timeout_us);
+    uint64_t deadline = dpdpu__deadline_ns(timeout_us);
     /* Publishing every eighth of the ring lets the consumer start early. */
     uint64_t every = r->cap / 8, since = 0;
     const uint8_t *next = src->packed;
@@ -973,7 +987,7 @@ int dpdpu_ring_send_packed(struct dpdpu_ring *ring, const void *data, uint64_t s
 int dpdpu_ring_send_bulk(struct dpdpu_ring *ring, const void *data, uint64_t len, uint64_t chunk,
                          int64_t timeout_us, uint64_t *done)
 {
-    int64_t deadline = deadline_of(timeout_us);
+    uint64_t deadline = dpdpu__deadline_ns(timeout_us);
     const uint8_t *src = data;
     uint64_t off = 0;
     int rc;
@@ -1024,6 +1038,7 @@ int dpdpu_ring_send_bulk(struct dpdpu_ring *ring, const void *data, uint64_t len
             ring->tx_data = data;
             ring->tx_total = len;
             ring->tx_done = off;
+            note_partial(ring);
             if (done != NULL)
                 *done = off;
             return rc;
@@ -1040,6 +1055,7 @@ int dpdpu_ring_send_bulk(struct dpdpu_ring *ring, const void *data, uint64_t len
         publish(ring);
     }
     ring->tx_active = 0;
+    note_partial(ring);
     if (done != NULL)
         *done = len;
     return 0;
@@ -1052,9 +1068,10 @@ int dpdpu_ring_abort_bulk(struct dpdpu_ring *ring, int64_t timeout_us)
         return rc;
     if (peer_gone(ring)) {
         ring->tx_active = 0;
+        note_partial(ring);
         return DPDPU_ERR_SHUTDOWN;
     }
-    return abort_bulk(ring, deadline_of(timeout_us));
+    return abort_bulk(ring, dpdpu__deadline_ns(timeout_us));
 }
 
 /* --- consumer ------------------------------------------------------------- */
@@ -1062,7 +1079,7 @@ int dpdpu_ring_abort_bulk(struct dpdpu_ring *ring, int64_t timeout_us)
 static int release(struct dpdpu_ring *r);
 
 /* The next record that is not padding, waiting for one if needed. */
-static int next_record(struct dpdpu_ring *r, uint8_t **at, uint32_t *len, uint32_t *kind, int64_t deadline)
+static int next_record(struct dpdpu_ring *r, uint8_t **at, uint32_t *len, uint32_t *kind, uint64_t deadline)
 {
     for (;;) {
         if (r->rx.cur == r->tail_cache) {
@@ -1095,7 +1112,7 @@ static int next_record(struct dpdpu_ring *r, uint8_t **at, uint32_t *len, uint32
     }
 }
 
-static int peek_span(struct dpdpu_ring *r, struct dpdpu_ring_view *v, int64_t deadline)
+static int peek_span(struct dpdpu_ring *r, struct dpdpu_ring_view *v, uint64_t deadline)
 {
     struct rx_state *rx = &r->rx;
     for (;;) {
@@ -1184,11 +1201,11 @@ static int release(struct dpdpu_ring *r)
     int n = (int)r->rx.spans;
     if (r->rx.cur != r->rx_saved.cur) {
         __atomic_store_n(&r->h->head, r->rx.cur, __ATOMIC_RELEASE);
-        r->st.batches++;
+        count(&r->st.batches, 1);
         doorbell(r);
     }
-    r->st.messages += r->rx.messages;
-    r->st.bytes += r->rx.bytes;
+    count(&r->st.messages, r->rx.messages);
+    count(&r->st.bytes, r->rx.bytes);
     r->rx.spans = 0;
     r->rx.messages = r->rx.bytes = 0;
     r->rx_saved = r->rx;
@@ -1202,7 +1219,9 @@ int dpdpu_ring_peek(struct dpdpu_ring *ring, struct dpdpu_ring_view *view, int64
         return rc;
     if (view == NULL)
         return DPDPU_ERR_INVALID_ARGUMENT;
-    return peek_span(ring, view, deadline_of(timeout_us));
+    rc = peek_span(ring, view, dpdpu__deadline_ns(timeout_us));
+    note_partial(ring);
+    return rc;
 }
 
 int dpdpu_ring_release(struct dpdpu_ring *ring)
@@ -1217,10 +1236,11 @@ int dpdpu_ring_rewind(struct dpdpu_ring *ring)
     if (rc)
         return rc;
     ring->rx = ring->rx_saved;
+    note_partial(ring);
     return 0;
 }
 
-static int recv_one(struct dpdpu_ring *r, uint8_t *buf, uint64_t cap, uint64_t *len, int64_t deadline)
+static int recv_one(struct dpdpu_ring *r, uint8_t *buf, uint64_t cap, uint64_t *len, uint64_t deadline)
 {
     release(r);
     if (r->rx.in_bulk && r->rx.total > cap) {
@@ -1228,7 +1248,6 @@ static int recv_one(struct dpdpu_ring *r, uint8_t *buf, uint64_t cap, uint64_t *
         return DPDPU_ERR_BUFFER_TOO_SMALL;
     }
     for (;;) {
-        struct rx_state before = r->rx;
         struct dpdpu_ring_view v;
         int rc = peek_span(r, &v, deadline);
         if (rc) {
@@ -1237,7 +1256,10 @@ static int recv_one(struct dpdpu_ring *r, uint8_t *buf, uint64_t cap, uint64_t *
             return rc;
         }
         if ((v.flags & DPDPU_RING_VIEW_FIRST) && v.total > cap) {
-            r->rx = before;
+            /* Nothing was held before this span, so put back only the span:
+             * not padding before it that next_record() already released
+             * (the producer may be writing there again). */
+            r->rx = r->rx_saved;
             *len = v.total;
             return DPDPU_ERR_BUFFER_TOO_SMALL;
         }
@@ -1258,20 +1280,17 @@ int dpdpu_ring_recv(struct dpdpu_ring *ring, void *buf, uint64_t cap, uint64_t *
         return rc;
     if (len == NULL || (buf == NULL && cap > 0))
         return DPDPU_ERR_INVALID_ARGUMENT;
-    return recv_one(ring, buf, cap, len, deadline_of(timeout_us));
+    rc = recv_one(ring, buf, cap, len, dpdpu__deadline_ns(timeout_us));
+    note_partial(ring);
+    return rc;
 }
 
-int dpdpu_ring_recv_batch(struct dpdpu_ring *ring, void *buf, uint64_t cap, uint64_t *lens, uint32_t max,
-                          uint32_t *n, int64_t timeout_us)
+static int recv_batch(struct dpdpu_ring *ring, uint8_t *out, uint64_t cap, uint64_t *lens, uint32_t max,
+                      uint32_t *n, uint64_t deadline)
 {
-    int64_t deadline = deadline_of(timeout_us);
-    uint8_t *out = buf;
     struct dpdpu_ring_view v;
-    int rc = check_end(ring, DPDPU_RING_CONSUMER);
-    if (rc)
-        return rc;
-    if (lens == NULL || n == NULL || max == 0 || (buf == NULL && cap > 0))
-        return DPDPU_ERR_INVALID_ARGUMENT;
+    int rc;
+
     *n = 0;
     release(ring);
     if (ring->rx.in_bulk) {
@@ -1279,20 +1298,21 @@ int dpdpu_ring_recv_batch(struct dpdpu_ring *ring, void *buf, uint64_t cap, uint
             *n = 1;
         return rc;
     }
-    struct rx_state before = ring->rx;
     if ((rc = peek_span(ring, &v, deadline))) {
         if (rc == DPDPU_ERR_TRUNCATED_DATA || rc == DPDPU_ERR_CORRUPT_DATA)
             release(ring);
         return rc;
     }
+    /* Putting the first span back goes to the last release, as in
+     * recv_one(): padding stepped over on the way may be released already. */
     if (!(v.flags & DPDPU_RING_VIEW_LAST)) {
-        ring->rx = before;
+        ring->rx = ring->rx_saved;
         if ((rc = recv_one(ring, out, cap, &lens[0], deadline)) == 0)
             *n = 1;
         return rc;
     }
     if (v.len > cap) {
-        ring->rx = before;
+        ring->rx = ring->rx_saved;
         lens[0] = v.len;
         return DPDPU_ERR_BUFFER_TOO_SMALL;
     }
@@ -1302,8 +1322,9 @@ int dpdpu_ring_recv_batch(struct dpdpu_ring *ring, void *buf, uint64_t cap, uint
     uint64_t used = v.len;
     uint32_t k = 1;
     while (k < max) {
-        before = ring->rx;
-        if (peek_span(ring, &v, NO_WAIT) != 0 || v.flags != (DPDPU_RING_VIEW_FIRST | DPDPU_RING_VIEW_LAST) ||
+        /* Spans are held from here on, so peeking releases nothing. */
+        struct rx_state before = ring->rx;
+        if (peek_span(ring, &v, DPDPU__NO_WAIT) != 0 || v.flags != (DPDPU_RING_VIEW_FIRST | DPDPU_RING_VIEW_LAST) ||
             v.len > cap - used) {
             ring->rx = before;
             break;
@@ -1316,4 +1337,17 @@ int dpdpu_ring_recv_batch(struct dpdpu_ring *ring, void *buf, uint64_t cap, uint
     release(ring);
     *n = k;
     return 0;
+}
+
+int dpdpu_ring_recv_batch(struct dpdpu_ring *ring, void *buf, uint64_t cap, uint64_t *lens, uint32_t max,
+                          uint32_t *n, int64_t timeout_us)
+{
+    int rc = check_end(ring, DPDPU_RING_CONSUMER);
+    if (rc)
+        return rc;
+    if (lens == NULL || n == NULL || max == 0 || (buf == NULL && cap > 0))
+        return DPDPU_ERR_INVALID_ARGUMENT;
+    rc = recv_batch(ring, buf, cap, lens, max, n, dpdpu__deadline_ns(timeout_us));
+    note_partial(ring);
+    return rc;
 }

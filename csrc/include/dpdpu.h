@@ -11,6 +11,14 @@
  * Every function that can fail returns 0 (DPDPU_OK) or a negative
  * enum dpdpu_status; dpdpu_status_describe() turns one into a sentence.
  *
+ * Every call that may block (here, in dpdpu_bdev.h and in dpdpu_ring.h) takes
+ * a timeout in microseconds with one meaning: negative waits without limit,
+ * 0 never blocks, a positive value blocks at most that long (a timeout too
+ * long to represent as a deadline is no limit).  A call that would have to
+ * block returns AGAIN when it queues or sends (0) and TIMEOUT once a positive
+ * timeout has passed; the wait calls (dpdpu_pe_wait, dpdpu_task_wait,
+ * dpdpu_bdev_wait, dpdpu_bdev_io_wait) return TIMEOUT in both cases.
+ *
  * The block between the cffi markers is read verbatim by the binding build
  * (csrc/build_native.py), so it holds only declarations cffi understands.
  */
@@ -225,15 +233,18 @@ int dpdpu_dev_open(const struct dpdpu_dev_cfg *cfg, struct dpdpu_dev **out);
  * Stop a device.  Queued tasks are executed first when drain is non-zero,
  * otherwise they complete with DPDPU_ERR_SHUTDOWN.  Worker threads are joined
  * and new submissions fail with SHUTDOWN; the device can still be queried
- * (capabilities, counters) until dpdpu_dev_release().
- * \return 0, or INVALID_ARGUMENT if dev is NULL or already closed
+ * (capabilities, counters) until dpdpu_dev_release().  Other threads may be
+ * submitting meanwhile: each of their tasks is either queued in time (and
+ * completes) or refused with SHUTDOWN.
+ * \return 0, or INVALID_ARGUMENT if dev is NULL or already closed (of two
+ *         racing calls, one returns 0)
  */
 int dpdpu_dev_close(struct dpdpu_dev *dev, int drain);
 
 /**
  * Give up the caller's reference to a device, closing it first (without
  * draining) if needed.  Memory maps still registered keep it alive until
- * they are destroyed.
+ * they are destroyed.  No other call on the device may be in progress.
  */
 void dpdpu_dev_release(struct dpdpu_dev *dev);
 
@@ -367,6 +378,7 @@ int dpdpu_pe_progress(struct dpdpu_pe *pe, struct dpdpu_task **out, uint32_t max
  *        long, leaving its submitter time to take it); with nothing
  *        outstanding, sleep until the next submission.
  * \return the number of queued completions (0 after a kick), or TIMEOUT
+ *         (at once for a timeout of 0 with nothing queued)
  */
 int dpdpu_pe_wait(struct dpdpu_pe *pe, int64_t timeout_us, int64_t interval_us);
 
@@ -380,8 +392,9 @@ uint64_t dpdpu_pe_outstanding(struct dpdpu_pe *pe);
  * Block until one task has completed (whether or not its completion has
  * been taken off the queue yet).  Called on an engine's worker thread (a
  * task waiting for another), it runs queued tasks of its own engine while it
- * waits, so tasks that wait for each other cannot starve an engine.
- * \return 0, or TIMEOUT (negative timeout: no limit)
+ * waits (unless the timeout is 0), so tasks that wait for each other cannot
+ * starve an engine.
+ * \return 0, or TIMEOUT (negative timeout: no limit; 0: at once)
  */
 int dpdpu_task_wait(struct dpdpu_pe *pe, struct dpdpu_task *task, int64_t timeout_us);
 

@@ -200,7 +200,7 @@ int dpdpu_bdev_poll(struct dpdpu_bdev *bdev, struct dpdpu_bdev_io **out, uint32_
 
 /**
  * Block until completions are queued, dpdpu_bdev_kick() is called, the bdev
- * is closed, or the timeout passes (negative: no limit).  Completions of I/Os
+ * is closed, or the timeout passes (negative: no limit; 0: do not block).  Completions of I/Os
  * a thread waits for in dpdpu_bdev_io_wait() do not wake this call.
  * \param interval_us 0: wake at every other completion.  Positive: the same
  *        until a call finds completions; from then on, while I/O is in flight,
@@ -218,7 +218,7 @@ void dpdpu_bdev_kick(struct dpdpu_bdev *bdev);
 /**
  * Block until one submitted I/O has completed (whether or not it has been
  * polled yet).
- * \return 0, TIMEOUT (negative timeout: no limit), INVALID_ARGUMENT
+ * \return 0, TIMEOUT (negative timeout: no limit; 0: at once), INVALID_ARGUMENT
  */
 int dpdpu_bdev_io_wait(struct dpdpu_bdev *bdev, struct dpdpu_bdev_io *io, int64_t timeout_us);
 

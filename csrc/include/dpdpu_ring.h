@@ -43,7 +43,8 @@
  * PID namespace.
  *
  * A handle is used by one thread at a time, except dpdpu_ring_close(), which
- * any thread may call to end the waits of another.
+ * any thread may call to end the waits of another, and dpdpu_ring_stats(),
+ * which any thread may call to watch it.
  */
 #ifndef DPDPU_RING_H
 #define DPDPU_RING_H
@@ -204,7 +205,9 @@ int dpdpu_ring_set_spin(struct dpdpu_ring *ring, int64_t spin_us);
 
 /**
  * Read this end's counters and what it knows of its peer (checking, for a
- * peer that has not closed, whether its process still exists).
+ * peer that has not closed, whether its process still exists).  Safe from
+ * any thread; counters read while another thread uses the handle may be a
+ * call behind.
  * \return 0, INVALID_ARGUMENT
  */
 int dpdpu_ring_stats(struct dpdpu_ring *ring, struct dpdpu_ring_stats *out);
