@@ -119,6 +119,10 @@ class Task:
     context: contextvars.Context | None = None
     #: objects the native task reads through raw addresses (kept alive until it completes)
     keep: Any = None
+    #: a Python task that only waits for work done elsewhere (another process): run it on
+    #: the submitting thread when its engine has nothing queued, as a hand-off to a worker
+    #: thread would only add wake-ups (set from the callable's ``__dpdpu_inline__``)
+    inline: bool = False
 
     @property
     def label(self) -> str:

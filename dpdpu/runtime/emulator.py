@@ -127,6 +127,9 @@ class EmulatorDevice(Device):
         self._output_costs = {(e.name, op) for e in profile.engines for op, c in e.costs.items() if c.per_out_s > 0}
         self._records: dict[int, _Record] = {}
         self._submit_lock = threading.Lock()
+        # Inline Python tasks run outside the submit lock (they may take long); shutdown waits for them.
+        self._inline_running = 0
+        self._inline_done = threading.Condition(self._submit_lock)
         self._drain_lock = threading.Lock()
         self._state = "new"
         self._native: NativeDevice | None = None
@@ -173,6 +176,8 @@ class EmulatorDevice(Device):
                 self._state = "closed"
                 return
             self._state = "stopping"
+            while self._inline_running:
+                self._inline_done.wait()
         assert self._native is not None and self._pe is not None and self._thread is not None
         self._native.close(drain=wait)
         self._pe.kick()
@@ -360,24 +365,48 @@ class EmulatorDevice(Device):
                 rec.crosses = not _keeps_output(task, self.label)
             self._records[uid] = rec
             self._inflight[engine.index] += 1
+            outside = task.inline and task.op == "python"
+            if outside:
+                self._inline_running += 1
+            else:
+                try:
+                    assert self._pe is not None and self._native is not None
+                    inline = task.op in _INLINE_OPS and task.nbytes <= _INLINE_MAX_BYTES
+                    ran_inline = self._pe.submit(self._native, ct, op=task.op, inline=inline)
+                except BaseException:
+                    self._undo_submit(rec, timeline)
+                    raise
+        if outside:
+            # It runs for as long as the work it waits for: not under the lock (shutdown waits for it).
             try:
                 assert self._pe is not None and self._native is not None
-                inline = task.op in _INLINE_OPS and task.nbytes <= _INLINE_MAX_BYTES
-                ran_inline = self._pe.submit(self._native, ct, op=task.op, inline=inline)
+                ran_inline = self._pe.submit(self._native, ct, op=task.op, inline=True)
             except BaseException:
-                self._records.pop(uid, None)
-                self._inflight[engine.index] -= 1
-                unregister_callback(uid)
-                self.model.uncharge(engine, timeline)
+                with self._submit_lock:
+                    self._undo_submit(rec, timeline)
                 raise
+            finally:
+                with self._submit_lock:
+                    self._inline_running -= 1
+                    if not self._inline_running:
+                        self._inline_done.notify_all()
         if ran_inline:  # complete already, and never on the completion queue
             del self._records[uid]
             self._finish(rec, published=published)
+
+    def _undo_submit(self, rec: _Record, timeline: Any) -> None:
+        """Forget a charged record whose task the core refused (the caller holds the submit lock)."""
+        uid = rec.ctask.user_data
+        self._records.pop(uid, None)
+        self._inflight[rec.engine.index] -= 1
+        unregister_callback(uid)
+        self.model.uncharge(rec.engine, timeline)
 
     def _runner(self, rec: _Record, uid: int) -> Any:
         def run() -> int:
             task = rec.task
             assert task.fn is not None
+            outer = in_worker()  # an inline task may run inside another task
             _worker.active = True
             start = time.perf_counter()
             try:
@@ -391,7 +420,7 @@ class EmulatorDevice(Device):
                 return _ERR_CALLBACK
             finally:
                 rec.py_wall = time.perf_counter() - start
-                _worker.active = False
+                _worker.active = outer
                 unregister_callback(uid)
 
         return run
