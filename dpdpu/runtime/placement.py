@@ -153,7 +153,18 @@ def place(
     ``engine`` -- a kind (``"arm"``) or a full label (``"bluefield3/arm"``) --
     overrides it.
     """
-    if engine is None and host is None and len(device.engines) == 1 and policy in POLICIES:
+    if engine is not None and not isinstance(engine, str):
+        raise errors.InvalidArgumentError(
+            f"engine must be an engine kind or label (a string), not {type(engine).__name__}",
+            device=device.label,
+            op=task.op,
+        )
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise errors.InvalidArgumentError(
+            f"unknown placement policy {errors.brief(policy)}; choose one of {', '.join(POLICIES)}",
+            device=device.label,
+        )
+    if engine is None and host is None and len(device.engines) == 1:
         # One engine, nothing to choose: skip the comparison (the common host-only case).
         info = device.engines[0]
         refusal = device.can_run(task, info)
@@ -170,17 +181,15 @@ def place(
         exact = engine
         found = [i for d in (device, host) if d is not None for i in d.engines if i.label == engine]
         if not found:
-            raise errors.InvalidArgumentError(f"no engine {engine!r} in this runtime", device=device.label, op=task.op)
+            raise errors.InvalidArgumentError(
+                f"no engine {errors.brief(engine)} in this runtime", device=device.label, op=task.op
+            )
         engine = found[0].kind
     if engine is not None and engine not in FALLBACK_CHAIN:
         raise errors.InvalidArgumentError(
-            f"unknown engine kind {engine!r}; choose one of {', '.join(ENGINE_KINDS)}",
+            f"unknown engine kind {errors.brief(engine)}; choose one of {', '.join(ENGINE_KINDS)}",
             device=device.label,
             op=task.op,
-        )
-    if policy not in POLICIES:
-        raise errors.InvalidArgumentError(
-            f"unknown placement policy {policy!r}; choose one of {', '.join(POLICIES)}", device=device.label
         )
     # Under dpu-only and greedy-accelerator the host is only a fallback; under
     # cost it competes like any engine; under host-only it is all there is.

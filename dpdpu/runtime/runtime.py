@@ -118,9 +118,9 @@ class Runtime:
         queue_depth: int = 0,
         policy: str = "cost",
     ) -> None:
-        if policy not in POLICIES:
+        if not isinstance(policy, str) or policy not in POLICIES:
             raise errors.InvalidArgumentError(
-                f"unknown placement policy {policy!r}; choose one of {', '.join(POLICIES)}"
+                f"unknown placement policy {errors.brief(policy)}; choose one of {', '.join(POLICIES)}"
             )
         self.policy = policy
         options: dict[str, Any] = {}
@@ -254,7 +254,7 @@ class Runtime:
         """
         if not any(e.label == engine for d in self.devices for e in d.engines):
             labels = ", ".join(e.label for d in self.devices for e in d.engines)
-            raise errors.InvalidArgumentError(f"no engine {engine!r}; this runtime has {labels}")
+            raise errors.InvalidArgumentError(f"no engine {errors.brief(engine)}; this runtime has {labels}")
         token = _pinned.set(engine)
         try:
             yield
