@@ -48,7 +48,9 @@ holding a non-finite value (inf, NaN) is kept raw instead, since one such value
 would spoil its channel's scale.  The error is in :meth:`KvStore.stats`: the
 largest over every chunk the store holds or held, the ones found on disk at
 open included (each disk chunk records its own).  Disk chunks carry CRC-32C
-checksums: a corrupt chunk is a miss, and is dropped.  Each store
+checksums: a corrupt chunk (or one whose header, checksum or not, describes
+anything but this store's chunks) is a miss, and is dropped; a directory
+found among the chunk files is left alone and counted (``ignored_entries``).  Each store
 configuration (model qualification, chunk size, lossless or ``int8``) keeps its
 chunks in a directory of its own (:mod:`dpdpu.storage.kv_disk`), so several
 models share a data directory without touching each other's chunks, and a
@@ -210,8 +212,9 @@ class KvStore:
             self._disk_tier = DiskTier(
                 data_dir, model, self.disk_capacity, profile, chunk_tokens, root=self._root, rep=self.rep
             )
-            found, bad = self._disk_tier.scan()
+            found, bad, ignored = self._disk_tier.scan()
             self._counters["corrupt_dropped"] += bad
+            self._counters["ignored_entries"] += ignored
             for chunk in found:
                 if self._disk_used + chunk.footprint > self.disk_capacity:
                     # Opened with less room than before: this store's own chunks beyond it go.
@@ -824,7 +827,9 @@ class KvStore:
                     "evictions": c.get(f"{tier}_evictions", 0),
                 }
             out[_DISK]["written_bytes"] = c.get("disk_bytes_written", 0)
-            for key in ("stored_chunks", "demotions", "demotions_dropped", "promotions", "corrupt_dropped"):
+            for key in (
+                "stored_chunks", "demotions", "demotions_dropped", "promotions", "corrupt_dropped", "ignored_entries",
+            ):  # fmt: skip
                 out[key] = c.get(key, 0)
             out["prefetched_chunks"] = c.get("prefetched_chunks", 0)
             out["staged"] = {

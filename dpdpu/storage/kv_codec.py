@@ -30,7 +30,16 @@ from .. import errors
 from ..compute import codecs
 from .kv_keys import ModelShape
 
-__all__ = ["CODECS", "REPRESENTATIONS", "Encoded", "decode_into", "decode_layer_into", "encode", "layer_segments"]
+__all__ = [
+    "CODECS",
+    "REPRESENTATIONS",
+    "Encoded",
+    "decode_into",
+    "decode_layer_into",
+    "encode",
+    "layer_segments",
+    "segment_bytes",
+]
 
 CODECS = ("lz4", "zstd", "deflate")
 REPRESENTATIONS = ("raw", "int8")
@@ -117,6 +126,14 @@ def encode(chunk: np.ndarray[Any, Any], model: ModelShape, *, rep: str = "raw", 
     lens = [len(s) for s in raw]
     segs = raw if codec is None else [codecs.compress(s, codec) for s in raw]
     return Encoded(rep, codec, tokens, segments=segs, raw_lens=lens, quant_error=quant)
+
+
+def segment_bytes(model: ModelShape, rep: str, tokens: int) -> int:
+    """Bytes of one uncompressed layer segment of ``tokens`` tokens in representation ``rep``."""
+    elements = 2 * tokens * model.kv_heads * model.head_dim
+    if rep == "raw":
+        return elements * model.np_dtype.itemsize
+    return elements + 2 * model.kv_heads * model.head_dim * 4  # int8 values, then float32 scales
 
 
 def layer_segments(enc: Encoded, model: ModelShape) -> list[Any]:
