@@ -141,6 +141,14 @@ class _Wait:
         left = self.deadline - time.monotonic()
         return max(1, min(_SLICE_US, int(left * 1e6))) if left > 0 else 0
 
+    def more(self) -> int:
+        """The timeout of a further native call after one that succeeded: what is left, in a slice."""
+        if self.first == 0:
+            return 0
+        if self.deadline is None:
+            return _SLICE_US
+        return max(1, min(_SLICE_US, int((self.deadline - time.monotonic()) * 1e6)))
+
 
 def _shm_path(name: str) -> str:
     return name if name.startswith("/") else f"/dev/shm/{name}"
@@ -643,11 +651,35 @@ class Channel:
                     data: bytes = ffi.buffer(view.data, view.len)[:]
                     lib.dpdpu_ring_release(self._h)
                     return data
-                total = int(view.total)
                 lib.dpdpu_ring_rewind(self._h)
-            out = bytearray(total)
-            self._recv_into_locked(out, wait, timeout, "recv")
-            return bytes(out)
+            return self._recv_pieces_locked(wait, timeout, "recv")
+
+    def _recv_pieces_locked(self, wait: _Wait, timeout: float | None, op: str) -> bytes:
+        """The next message (or the rest of a bulk message a timeout interrupted), grown piece by
+        piece as it arrives: the memory it takes follows the bytes the sender really sent, never
+        the length a bulk message declares up front (the sender is another process)."""
+        out = bytearray()
+        if self._partial is not None:
+            done = self._partial_state()[1]
+            out += memoryview(self._partial).cast("B")[:done]
+        view = self._view
+        step = wait.first
+        while True:
+            rc = lib.dpdpu_ring_peek(self._h, view, step)
+            if rc == 0:
+                out += ffi.buffer(view.data, view.len)
+                lib.dpdpu_ring_release(self._h)
+                if view.flags & lib.DPDPU_RING_VIEW_LAST:
+                    self._partial = None
+                    return bytes(out)
+                step = wait.more()
+                continue
+            if not (step := wait.again(rc)):
+                break
+        if rc in (lib.DPDPU_ERR_TRUNCATED_DATA, lib.DPDPU_ERR_CORRUPT_DATA):
+            lib.dpdpu_ring_release(self._h)  # step over what was bad, as a receive into a buffer does
+        self._partial = out if self._partial_state()[0] else None
+        raise self._error(rc, op, timeout=timeout)
 
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         """Receive the next message into a writable bytes-like object; return its length.
@@ -732,11 +764,8 @@ class Channel:
         wait = _Wait(timeout)
         with self._lock:
             self._enter("recv_many", "receiver")
-            total = self._partial_total()
-            if total is not None:
-                out = bytearray(total)
-                self._recv_into_locked(out, wait, timeout, "recv_many")
-                return [bytes(out)]
+            if self._partial_total() is not None:
+                return [self._recv_pieces_locked(wait, timeout, "recv_many")]
             if self._scratch is None:
                 self._scratch_c = ffi.new("char[]", min(_SCRATCH_BYTES, self._max_message))
                 self._scratch = ffi.buffer(self._scratch_c)
@@ -751,9 +780,7 @@ class Channel:
                 if not (step := wait.again(rc)):
                     break
             if rc == lib.DPDPU_ERR_BUFFER_TOO_SMALL:
-                out = bytearray(int(lens[0]))
-                self._recv_into_locked(out, wait, timeout, "recv_many")
-                return [bytes(out)]
+                return [self._recv_pieces_locked(wait, timeout, "recv_many")]
             if rc:
                 raise self._error(rc, "recv_many", timeout=timeout)
             self._partial = None
