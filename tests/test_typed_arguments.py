@@ -9,7 +9,11 @@ import pytest
 
 import dpdpu
 from dpdpu import Runtime, compute, errors, offload
+from dpdpu.kv import KvStore, ModelShape
+from dpdpu.network.channel import Channel
 from dpdpu.runtime.runtime import python_task
+
+SHAPE = ModelShape("tiny", layers=1, kv_heads=1, head_dim=8)
 
 BLOB = compute.compress(b"dpdpu " * 200)
 HUGE_TEXT = "x" * 1_000_000
@@ -55,6 +59,11 @@ CASES: dict[str, tuple[Callable[[Runtime], Any], type[errors.DpdpuError]]] = {
     "runtime queue_depth 2**70": (lambda rt: Runtime("host", queue_depth=2**70), errors.InvalidArgumentError),
     "runtime queue_depth str": (lambda rt: Runtime("host", queue_depth="8"), errors.InvalidArgumentError),  # type: ignore[arg-type]
     "pinned huge": (lambda rt: rt.pinned(HUGE_TEXT).__enter__(), errors.InvalidArgumentError),
+    "channel name huge": (lambda rt: Channel.create(HUGE_TEXT), errors.InvalidArgumentError),
+    "channel timeout huge": (lambda rt: Channel.local()[1].recv(timeout=-HUGE_INT), errors.InvalidArgumentError),
+    "kv codec huge": (lambda rt: KvStore(SHAPE, disk_codec=HUGE_TEXT, device="host"), errors.InvalidArgumentError),
+    "kv policy huge": (lambda rt: KvStore(SHAPE, policy=HUGE_TEXT, device="host"), errors.InvalidArgumentError),
+    "kv model shape huge": (lambda rt: ModelShape("m", 1, 1, -HUGE_INT), errors.InvalidArgumentError),
 }
 
 

@@ -165,16 +165,20 @@ class KvStore:
         if not isinstance(model, ModelShape):
             raise errors.InvalidArgumentError(f"model must be a ModelShape, not {type(model).__name__}")
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens <= 0:
-            raise errors.InvalidArgumentError(f"chunk_tokens must be a positive integer, not {chunk_tokens!r}")
+            raise errors.InvalidArgumentError(
+                f"chunk_tokens must be a positive integer, not {errors.brief(chunk_tokens)}"
+            )
         for name, codec in (("dram_codec", dram_codec), ("disk_codec", disk_codec)):
             if codec is not None and codec not in CODECS:
-                raise errors.InvalidArgumentError(f"{name} must be one of {', '.join(CODECS)} or None, not {codec!r}")
+                raise errors.InvalidArgumentError(
+                    f"{name} must be one of {', '.join(CODECS)} or None, not {errors.brief(codec)}"
+                )
         if quantize not in (None, "int8"):
-            raise errors.InvalidArgumentError(f"quantize must be None or 'int8', not {quantize!r}")
+            raise errors.InvalidArgumentError(f"quantize must be None or 'int8', not {errors.brief(quantize)}")
         if isinstance(max_staged, bool) or not isinstance(max_staged, int) or max_staged <= 0:
-            raise errors.InvalidArgumentError(f"max_staged must be a positive integer, not {max_staged!r}")
+            raise errors.InvalidArgumentError(f"max_staged must be a positive integer, not {errors.brief(max_staged)}")
         if data_dir is not None and (isinstance(disk_bytes, bool) or int(disk_bytes) <= 0):
-            raise errors.InvalidArgumentError(f"disk_bytes must be positive, not {disk_bytes!r}")
+            raise errors.InvalidArgumentError(f"disk_bytes must be positive, not {errors.brief(disk_bytes)}")
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.runtime = runtime
@@ -438,7 +442,7 @@ class KvStore:
         if not keys:
             return 0
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.model.layers:
-            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {layer!r}")
+            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {errors.brief(layer)}")
         n = len(arr_tokens)
         full = len(keys) * self.chunk_tokens
         one = self._as_kv_layer(kv_layer, n)
@@ -639,7 +643,7 @@ class KvStore:
         """
         self._check_open()
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.model.layers:
-            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {layer!r}")
+            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {errors.brief(layer)}")
         keys = self.keys(tokens)
         plan = self._plan(keys)
         c = self.chunk_tokens

@@ -47,7 +47,9 @@ REPRESENTATIONS = ("raw", "int8")
 
 def _check_codec(codec: str | None) -> None:
     if codec is not None and codec not in CODECS:
-        raise errors.InvalidArgumentError(f"codec must be one of {', '.join(CODECS)} or None, not {codec!r}")
+        raise errors.InvalidArgumentError(
+            f"codec must be one of {', '.join(CODECS)} or None, not {errors.brief(codec)}"
+        )
 
 
 @dataclass
@@ -122,7 +124,9 @@ def encode(chunk: np.ndarray[Any, Any], model: ModelShape, *, rep: str = "raw", 
     elif rep == "int8":
         raw, quant = _quantize(chunk, model)
     else:
-        raise errors.InvalidArgumentError(f"representation must be one of {', '.join(REPRESENTATIONS)}, not {rep!r}")
+        raise errors.InvalidArgumentError(
+            f"representation must be one of {', '.join(REPRESENTATIONS)}, not {errors.brief(rep)}"
+        )
     lens = [len(s) for s in raw]
     segs = raw if codec is None else [codecs.compress(s, codec) for s in raw]
     return Encoded(rep, codec, tokens, segments=segs, raw_lens=lens, quant_error=quant)

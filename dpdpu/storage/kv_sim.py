@@ -354,7 +354,9 @@ def simulate(
     profile = Profile.of(device)
     shape = model_shape(model)
     if prefill_tokens_per_s <= 0 or not math.isfinite(prefill_tokens_per_s):
-        raise errors.InvalidArgumentError(f"prefill_tokens_per_s must be positive, not {prefill_tokens_per_s!r}")
+        raise errors.InvalidArgumentError(
+            f"prefill_tokens_per_s must be positive, not {errors.brief(prefill_tokens_per_s)}"
+        )
     storage = profile.storage
     if storage is None and disk_bytes > 0:
         disk_bytes = 0  # a profile without storage has no disk tier
