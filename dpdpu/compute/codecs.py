@@ -24,6 +24,7 @@ forbids falling back when that engine cannot run the job.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
@@ -325,10 +326,18 @@ def _zstd_frame_end(view: memoryview, op: str) -> int:
     return pos
 
 
+#: One Zstandard decoder per thread: making one costs more than decoding a small frame, and
+#: a decoder serves one operation at a time (each starts afresh).
+_zstd_decoders = threading.local()
+
+
 def _zstd_pieces(view: memoryview, op: str) -> Iterator[bytes]:
     end = _zstd_frame_end(view, op)
+    decoder = getattr(_zstd_decoders, "decoder", None)
+    if decoder is None:
+        decoder = _zstd_decoders.decoder = zstandard.ZstdDecompressor()
     try:
-        yield from zstandard.ZstdDecompressor().read_to_iter(view[:end], write_size=_PIECE)
+        yield from decoder.read_to_iter(view[:end], write_size=_PIECE)
     except zstandard.ZstdError as exc:
         text = str(exc)[:200]
         if "memory" in text or "alloc" in text:  # e.g. a window larger than the decoder allows
