@@ -76,7 +76,11 @@ def rewrite_header(fs: FileService, path: str, change: Callable[[dict[str, Any]]
     """Change a chunk header's JSON with ``change`` and sign it again: the checksum holds, the content lies."""
     data = bytearray(read_file(fs, path))
     magic, version, header_bytes, json_len, _ = FIXED.unpack_from(data)
+    if not FIXED.size + json_len <= header_bytes <= len(data):
+        raise ValueError("no header to rewrite")
     meta = json.loads(bytes(data[FIXED.size : FIXED.size + json_len]))
+    if not isinstance(meta, dict):
+        raise ValueError("no header to rewrite")
     change(meta)
     body = json.dumps(meta).encode()
     if FIXED.size + len(body) > header_bytes:
