@@ -217,7 +217,7 @@ def _zstd_compress(data: Any, level: int) -> bytes:
 
 def _decode(codec: str, data: Any, size: int | None, op: str, budget: OutputBudget) -> bytes:
     """Decompress an LZ4 or zstd frame piece by piece, never holding more than ``size``
-    (or what ``budget`` allows) and one piece."""
+    (without it, ``budget.limit``) and one piece."""
     view = data.view() if isinstance(data, DeviceBuffer) else memoryview(data).cast("B")
     pieces = _lz4_pieces(view, op) if codec == "lz4" else _zstd_pieces(view, op)
     parts: list[bytes] = []
@@ -225,9 +225,10 @@ def _decode(codec: str, data: Any, size: int | None, op: str, budget: OutputBudg
     try:
         for piece in pieces:
             total += len(piece)
-            if size is not None and total > size:
-                raise _too_small(codec, view, size, op)
-            if total > budget.limit:
+            if size is not None:  # the caller's bound (device memory is still enforced by charge)
+                if total > size:
+                    raise _too_small(codec, view, size, op)
+            elif total > budget.limit:
                 raise errors.DeviceMemoryError(
                     f"the output outgrows the {budget.limit} bytes of memory free for it (give output_size)", op=op
                 )
@@ -248,8 +249,8 @@ def _too_small(codec: str, view: memoryview, size: int, op: str) -> errors.Buffe
             declared = int(lz4.frame.get_frame_info(view)["content_size"]) or -1
         else:
             declared = zstandard.frame_content_size(view)
-    except (RuntimeError, ValueError, KeyError, zstandard.ZstdError):
-        pass
+    except (RuntimeError, ValueError, TypeError, KeyError, zstandard.ZstdError):
+        pass  # no size to report
     if declared > size:
         err = errors.BufferTooSmallError(f"needs {declared} bytes, has {size}", op=op)
         err.needed = declared

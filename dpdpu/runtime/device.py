@@ -134,8 +134,8 @@ class Task:
 class OutputBudget:
     """Room for the output of a metered task, booked piece by piece where it runs.
 
-    ``limit`` is the most bytes the output may reach there (device memory
-    still free, and what the machine can spare); the task calls
+    ``limit`` is the most bytes an output of unknown size may reach there
+    (device memory still free, and what the machine can spare); the task calls
     :meth:`charge` with each piece it makes, which books it against device
     memory (``DeviceMemoryError`` when that much is not free).  The device
     releases everything when the task ends, as the core does for a task's
