@@ -9,6 +9,7 @@ engine and op it concerns (when known) and the native status name.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 __all__ = [
@@ -39,7 +40,45 @@ __all__ = [
     "DeviceFullError",
     "InvalidPathError",
     "JournalCorruptError",
+    "clip",
+    "shown",
 ]
+
+
+#: the most characters of caller input an error message quotes
+QUOTE_LIMIT = 120
+
+_short = reprlib.Repr()
+_short.maxlevel = 3
+_short.maxdict = _short.maxlist = _short.maxtuple = _short.maxset = _short.maxfrozenset = 6
+_short.maxstring = _short.maxother = _short.maxlong = QUOTE_LIMIT
+
+
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` itself when it has at most ``limit`` characters, else its start and its length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shown(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` in at most about ``limit`` characters: how an error message quotes caller input.
+
+    A long string or bytes object shows its start and its length; containers
+    show a few items and levels.  It costs O(``limit``) whatever ``value`` is
+    (a deeply nested list included) and never raises.
+    """
+    if isinstance(value, (str, bytes)):
+        text = repr(value[:limit])  # escapes can make it up to 10 times longer than the part it shows
+        if len(value) <= limit and len(text) <= limit + 3:
+            return text
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{text[:limit]}... ({len(value):,} {unit})"
+    try:
+        text = _short.repr(value)
+    except Exception:  # a value whose repr fails (e.g. an int too long for str()) is named by its type
+        text = f"<{type(value).__name__}>"
+    return clip(text, limit)
 
 
 class DpdpuError(Exception):
