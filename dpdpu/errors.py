@@ -5,6 +5,10 @@ itself is never raised.  Subclasses also inherit the built-in exception that
 fits (``ValueError``, ``LookupError``, ``MemoryError`` ...), so code written
 against the standard library keeps working.  Each error carries the device,
 engine and op it concerns (when known) and the native status name.
+
+Messages quote caller input through :func:`shown` and :func:`clip` (not part
+of ``__all__``, which is the tree), so that they stay short whatever the
+input is.
 """
 
 from __future__ import annotations
@@ -40,8 +44,6 @@ __all__ = [
     "DeviceFullError",
     "InvalidPathError",
     "JournalCorruptError",
-    "clip",
-    "shown",
 ]
 
 

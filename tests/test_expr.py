@@ -14,9 +14,11 @@ from hostile_inputs import serialized, string_offsets_past_their_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dpdpu.compute import expr as expr_module
 from dpdpu.compute.ast import And, Arith, Between, Column, Compare, Expr, IsIn, IsNull, Literal, Negate, Not, Or
 from dpdpu.compute.expr import (
     MAX_DEPTH,
+    MAX_IN_VALUES,
     MAX_NESTING,
     bind_arithmetic,
     bind_predicate,
@@ -298,6 +300,18 @@ def test_errors_about_huge_input_stay_short(text: str, fragment: str) -> None:
     message = str(info.value)
     assert fragment in message and len(message) < 1024, message[:2000]
     assert info.value.expression == text  # the attribute keeps the whole text
+
+
+def test_in_lists_hold_at_most_max_in_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert MAX_IN_VALUES == 100_000
+    monkeypatch.setattr(expr_module, "MAX_IN_VALUES", 10)
+    values = ", ".join(["1"] * 10)
+    assert len(parse(f"price in ({values})").values) == 10  # type: ignore[union-attr]
+    with pytest.raises(ExpressionSyntaxError, match="more than 10 values"):
+        parse(f"price in ({values}, 2)")
+    assert len(from_serialized(serialized(x.isin(pa.array(range(10), pa.int8())))).values) == 10  # type: ignore[union-attr]
+    with pytest.raises(ExpressionError, match="more than 10 values"):
+        from_serialized(serialized(x.isin(pa.array(range(11), pa.int8()))))
 
 
 def test_syntax_error_caret_in_a_long_line_shows_a_window() -> None:

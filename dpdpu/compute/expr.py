@@ -101,6 +101,7 @@ from .ipc_reader import IpcColumn, IpcFile, read_ipc_file
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_IN_VALUES",
     "MAX_NESTING",
     "bind_arithmetic",
     "bind_predicate",
@@ -120,6 +121,8 @@ __all__ = [
 MAX_DEPTH = 256
 #: The most parentheses, ``not``\ s and minus signs the string language nests inside each other.
 MAX_NESTING = 64
+#: The most values an ``in`` list may hold (each costs a few microseconds to check and bind).
+MAX_IN_VALUES = 100_000
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -461,6 +464,8 @@ class _Parser:
             self.advance()
             return ()
         while True:
+            if len(values) == MAX_IN_VALUES:
+                self.fail(f"an 'in' list holds more than {MAX_IN_VALUES:,} values", self.peek().pos)
             values.append(self.in_value())
             if self.is_op(")"):
                 self.advance()
@@ -1472,6 +1477,8 @@ class _ArrowReader:
                 self.fail("function 'is_in' needs a list of values")
             (items,) = value_set.children
             start, end = value_set.offsets(0)
+            if end - start > MAX_IN_VALUES:
+                self.fail(f"an 'in' list holds more than {MAX_IN_VALUES:,} values")
             return IsIn(args[0], tuple(_ipc_literal(items, i, items.type, pa.null()) for i in range(start, end)))
         self.fail(f"unsupported function {shown(name)}")
 

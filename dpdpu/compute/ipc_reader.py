@@ -11,8 +11,9 @@ decodes a value only when asked for it.  Anything it does not know (body
 compression, dictionary encoding, big-endian data, types expressions never
 use) is refused, so every failure is a :class:`~dpdpu.errors.CorruptDataError`
 and the work done is bounded by the size of the input: at most
-:data:`MAX_FIELDS` fields nested at most :data:`MAX_TYPE_DEPTH` deep, and no
-array longer than the input has bytes.
+:data:`MAX_FIELDS` fields nested at most :data:`MAX_TYPE_DEPTH` deep, at most
+:data:`MAX_METADATA` metadata pairs, and no array longer than the input has
+bytes.
 
 Values come back as Python objects: integers for integer, date and timestamp
 columns (their stored value), floats, booleans, ``str`` for UTF-8, ``bytes``
@@ -31,12 +32,14 @@ import pyarrow as pa  # type: ignore[import-untyped]
 
 from ..errors import CorruptDataError
 
-__all__ = ["MAX_FIELDS", "MAX_TYPE_DEPTH", "IpcColumn", "IpcFile", "read_ipc_file"]
+__all__ = ["MAX_FIELDS", "MAX_METADATA", "MAX_TYPE_DEPTH", "IpcColumn", "IpcFile", "read_ipc_file"]
 
 #: the most fields (columns and their children) a file may declare
 MAX_FIELDS = 1024
 #: the deepest a type may nest (a struct of lists of strings is 3 deep)
 MAX_TYPE_DEPTH = 8
+#: the most key/value pairs the schema's metadata may hold
+MAX_METADATA = 65536
 
 _MAGIC = b"ARROW1"
 _METADATA_V5 = 4
@@ -193,8 +196,10 @@ class _Table:
             at = start + 4 * i
             yield _Table(self.flat, at + int(self.flat.read(_U32, at)))
 
-    def structs(self, slot: int, fmt: struct.Struct) -> list[tuple[Any, ...]]:
+    def structs(self, slot: int, fmt: struct.Struct, limit: int) -> list[tuple[Any, ...]]:
         start, count = self.vector(slot, fmt.size)
+        if count > limit:
+            raise _bad(f"more than {limit} entries in a vector")
         return [fmt.unpack_from(self.flat.data, start + fmt.size * i) for i in range(count)]
 
 
@@ -391,6 +396,10 @@ class IpcColumn:
         return start, end
 
 
+def _fields(layout: _Layout) -> int:
+    return 1 + sum(_fields(child) for child in layout.children)
+
+
 def _read(fmt: struct.Struct, buffer: memoryview, pos: int) -> Any:
     if pos + fmt.size > len(buffer):
         raise _bad("a value lies outside its buffer")
@@ -437,13 +446,11 @@ def read_ipc_file(data: bytes | bytearray | memoryview) -> IpcFile:
     reader = _SchemaReader()
     layouts = [reader.field(field, 1) for field in schema.tables(1, MAX_FIELDS)]
     metadata = []
-    for pair in schema.tables(2, size):
+    for pair in schema.tables(2, MAX_METADATA):
         metadata.append((pair.string(0) or "", pair.string(1) or ""))
     if footer.vector(2, _BLOCK.size)[1]:
         raise _bad("dictionary batches are not supported")
-    blocks = footer.structs(3, _BLOCK)
-    if len(blocks) > 1:
-        raise _bad("more than one record batch")
+    blocks = footer.structs(3, _BLOCK, 1)
     if not blocks:
         return IpcFile(metadata, [], 0)
     return IpcFile(metadata, *_record_batch(view, footer_start, blocks[0], layouts))
@@ -472,9 +479,11 @@ def _record_batch(
         raise _bad("variadic buffers are not supported")
     num_rows = batch.scalar(0, _I64)
     body = view[offset + meta_size : offset + meta_size + body_size]
-    nodes = batch.structs(1, _PAIR)
+    # one node per field and the buffers of its layout, each field once: more is malformed
+    fields = sum(_fields(layout) for layout in layouts)
+    nodes = batch.structs(1, _PAIR, fields)
     buffers = []
-    for start, length in batch.structs(2, _PAIR):
+    for start, length in batch.structs(2, _PAIR, 3 * fields):
         if start < 0 or length < 0 or start + length > body_size:
             raise _bad("a buffer lies outside the message body")
         buffers.append(body[start : start + length])
