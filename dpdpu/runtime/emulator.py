@@ -143,10 +143,10 @@ class EmulatorDevice(Device):
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
-            raise errors.InvalidArgumentError(f"workers must be an integer from 1 to 256, not {errors.brief(workers)}")
+            raise errors.InvalidArgumentError(f"workers must be an integer from 1 to 256, not {errors.shown(workers)}")
         if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or not 0 <= queue_depth < 1 << 32:
             raise errors.InvalidArgumentError(
-                f"queue_depth must be an integer from 0 (the default, 1024) to 2**32-1, not {errors.brief(queue_depth)}"
+                f"queue_depth must be an integer from 0 (the default, 1024) to 2**32-1, not {errors.shown(queue_depth)}"
             )
         self.profile = profile
         self.label = profile.name
