@@ -228,6 +228,8 @@ def _decode(codec: str, data: Any, size: int | None, op: str, budget: OutputBudg
             if size is not None:  # the caller's bound (device memory is still enforced by charge)
                 if total > size:
                     raise _too_small(codec, view, size, op)
+            elif budget.job is not None and total > budget.job:
+                raise errors.JobTooLargeError(f"the output passes the {budget.job}-byte largest job", op=op)
             elif total > budget.limit:
                 raise errors.DeviceMemoryError(
                     f"the output outgrows the {budget.limit} bytes of memory free for it (give output_size)", op=op

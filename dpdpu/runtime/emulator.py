@@ -104,8 +104,8 @@ class _Record:
 class _HeldOutput(OutputBudget):
     """A metered task's output on an on-device engine: each piece is held as device memory."""
 
-    def __init__(self, limit: int, native: NativeDevice) -> None:
-        super().__init__(limit)
+    def __init__(self, limit: int, job: int | None, native: NativeDevice) -> None:
+        super().__init__(limit, job)
         self._native = native
         self._held: list[Any] = []
 
@@ -459,8 +459,8 @@ class EmulatorDevice(Device):
     def _budget(self, engine: EngineInfo) -> OutputBudget:
         room = self.output_room(engine)
         if engine.on_device and self._native is not None:
-            return _HeldOutput(room, self._native)
-        return OutputBudget(room)
+            return _HeldOutput(room, engine.max_job_bytes, self._native)
+        return OutputBudget(room, engine.max_job_bytes)
 
     def _runner(self, rec: _Record, uid: int) -> Any:
         def run() -> int:
@@ -592,6 +592,8 @@ class EmulatorDevice(Device):
             return
         if status == _ERR_CALLBACK and rec.exc is not None:
             err = rec.exc
+            if task.metered and isinstance(err, errors.JobTooLargeError) and self._rerun_elsewhere(rec, err):
+                return
             if task.op != "python" and isinstance(err, errors.DpdpuError):
                 # A codec's own error: say where it ran, like the core's errors do.
                 self._fail(rec, placement, err.on(self.label, rec.engine.name))
@@ -668,6 +670,29 @@ class EmulatorDevice(Device):
         timeline = placement.timeline
         try:
             self._submit_record(_Record(rerun, engine, future), timeline.finish_s, timeline.arrival_s)
+        except errors.DpdpuError as exc:
+            self._fail(rec, placement, exc)
+        return True
+
+    def _rerun_elsewhere(self, rec: _Record, err: errors.JobTooLargeError) -> bool:
+        """Rerun a metered task whose output outgrew its engine's largest job on an engine without that limit."""
+        placement = rec.future.placement
+        assert placement is not None and placement.timeline is not None
+        limit = rec.engine.max_job_bytes
+        others = [
+            e for e in self.engines
+            if e is not rec.engine and (e.max_job_bytes is None or (limit is not None and e.max_job_bytes > limit))
+            and self.can_run(rec.task, e) is None
+        ]  # fmt: skip
+        if placement.strict or not others:
+            return False
+        other = others[0]
+        placement.fallback = f"{rec.engine.label} cannot take the output: {err.detail}"
+        placement.engine, placement.kind = other.label, other.kind
+        placement.attempts += 1
+        timeline = placement.timeline
+        try:
+            self._submit_record(_Record(rec.task, other, rec.future), timeline.finish_s, timeline.arrival_s)
         except errors.DpdpuError as exc:
             self._fail(rec, placement, exc)
         return True
