@@ -702,7 +702,9 @@ class EmulatorDevice(Device):
         room = self.output_room(engine)
         if rerun.dst_size > room:
             return Refusal("memory", f"{_size(room)} free for output of unknown size")
-        return self.can_run(rerun, engine)
+        refusal = self.can_run(rerun, engine)
+        # A full queue only delays the rerun: its submission waits for room (workers make it).
+        return None if refusal is not None and refusal.kind == "busy" else refusal
 
     def _correct_python(self, rec: _Record, placement: Placement) -> None:
         """Replace the estimated run time of a Python task by the measured one."""
