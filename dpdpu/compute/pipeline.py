@@ -21,7 +21,6 @@ can be decompressed, filtered and aggregated in one pipeline.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,16 +29,17 @@ from typing import Any
 import pyarrow as pa
 
 from .. import errors
+from ..runtime.cost import Timeline
 from ..runtime.device import Device, EngineInfo, Task, payload_nbytes
-from ..runtime.placement import _ms, _size
+from ..runtime.placement import Candidate, _ms, _size
+from ..runtime.planner import Planner, Route, Stage
+from ..runtime.policies import Option
 from ..runtime.runtime import Runtime, current_runtime
 
 __all__ = ["Pipeline", "PipelinePlan", "PipelineRun", "Step"]
 
 #: Step names a pipeline knows.
 STEPS = ("decompress", "compress", "filter", "project", "aggregate", "partition")
-#: Most engine assignments a plan enumerates before it settles for a greedy choice.
-_MAX_ASSIGNMENTS = 20_000
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,8 @@ class Step:
         return f"{self.name}({args})"
 
 
-@dataclass
-class Choice:
-    """Where each step runs under one assignment, and its estimated cost."""
-
-    engines: tuple[str, ...]
-    total_s: float
-    exec_s: float
-    transfer_s: float
-    pcie_bytes: int
+#: Where each step runs under one assignment, and its estimated cost.
+Choice = Route
 
 
 @dataclass
@@ -209,39 +202,27 @@ class Pipeline:
             raise errors.InvalidArgumentError("the pipeline has no steps")
         rt = runtime or current_runtime()
         size = payload_nbytes(data)
-        engines = [(dev, info) for dev in rt.devices for info in dev.engines]
-        sizes = [size]
+        model = getattr(rt.device, "model", None)
+        stages: list[Stage] = []
         options: list[list[tuple[Device, EngineInfo]]] = []
         for step in self.steps:
-            probe = Task(op=step.op, nbytes=sizes[-1], name=step.op)
-            able = [(d, i) for d, i in engines if d.can_run(probe, i) is None and _allowed(rt, d, i)]
-            if not able:  # the policy leaves nothing: any engine that can run it
-                able = [(d, i) for d, i in engines if d.can_run(probe, i) is None]
-            if not able:
-                raise errors.UnsupportedOpError(f"no engine of this runtime can run {step}", op=step.op)
-            options.append(able)
-            model = getattr(rt.device, "model", None)
             ratio = model.out_ratio(step.op) if model is not None else 1.0
-            sizes.append(max(1, int(sizes[-1] * ratio)))
-
+            level = step.kwargs.get("level")
+            stage = Stage(step.op, size, max(1, int(size * ratio)), level if isinstance(level, int) else None)
+            stages.append(stage)
+            options.append(_allowed(rt, stage, step))
+            size = stage.out_bytes
+        planner = _planner(rt)
         arrival = rt.vnow
-        count = 1
-        for opts in options:
-            count *= len(opts)
-        if count <= _MAX_ASSIGNMENTS and rt.policy != "greedy-accelerator":
-            choices = [_cost(rt, self.steps, combo, sizes, arrival) for combo in itertools.product(*options)]
-        else:
-            choices = [_greedy(rt, self.steps, options, sizes, arrival)]
-        choices.sort(key=lambda c: c.total_s)
-        stepwise = _greedy(rt, self.steps, options, sizes, arrival)
+        routes = planner.plan(stages, options, arrival)
         return PipelinePlan(
             steps=list(self.steps),
-            input_bytes=size,
+            input_bytes=stages[0].nbytes,
             policy=rt.policy,
-            chosen=choices[0],
-            alternatives=choices[1:4],
-            stepwise=stepwise,
-            considered=len(choices),
+            chosen=routes[0],
+            alternatives=routes[1:4],
+            stepwise=planner.stepwise(stages, options, arrival),
+            considered=len(routes),
         )
 
     # --- running -----------------------------------------------------------------------
@@ -276,70 +257,33 @@ class Pipeline:
     __call__ = run
 
 
-def _allowed(rt: Runtime, dev: Device, info: EngineInfo) -> bool:
-    on_host = dev is rt.host or rt.host is None
-    if rt.policy == "host-only":
-        return on_host
-    if rt.policy in ("dpu-only", "greedy-accelerator"):
-        return not on_host or rt.host is None
-    return True
+def _allowed(rt: Runtime, stage: Stage, step: Step) -> list[tuple[Device, EngineInfo]]:
+    """The engines the runtime's policy lets the step run on (any able engine if it leaves none)."""
+    probe = Task(op=stage.op, nbytes=stage.nbytes, out_hint=stage.out_bytes, level=stage.level, name=stage.op)
+    options = []
+    for dev in rt.devices:
+        for info in dev.engines:
+            refusal = dev.can_run(probe, info)
+            timeline = dev.estimate(probe, info, rt.vnow) if refusal is None else None
+            on_host = dev is rt.host or (rt.host is None and info.kind == "host")
+            options.append(Option(dev, info, Candidate(info.label, info.kind, refusal, timeline), on_host))
+    pool = rt.placement_policy.choose(options, rt.device, fallback=True, op=stage.op).pool
+    able = [(o.device, o.info) for o in (pool or [o for o in options if o.able])]
+    if not able:
+        raise errors.UnsupportedOpError(f"no engine of this runtime can run {step}", op=stage.op)
+    return able
 
 
 def _side(rt: Runtime, dev: Device, info: EngineInfo) -> str:
     return "device" if dev is not rt.host and info.on_device else "host"
 
 
-def _transfer(rt: Runtime, nbytes: int) -> float:
-    model = getattr(rt.device, "model", None)
-    return 0.0 if model is None else float(model.cost.transfer_seconds(nbytes))
-
-
-def _cost(
-    rt: Runtime, steps: list[Step], combo: Sequence[tuple[Device, EngineInfo]], sizes: list[int], arrival: float
-) -> Choice:
-    t, where = arrival, "host"
-    exec_total = transfer_total = 0.0
-    pcie = 0
-    for i, (step, (dev, info)) in enumerate(zip(steps, combo, strict=True)):
-        side = _side(rt, dev, info)
-        if side != where:
-            hop = _transfer(rt, sizes[i])
-            t += hop
-            transfer_total += hop
-            pcie += sizes[i]
-            where = side
+def _planner(rt: Runtime) -> Planner:
+    def estimate(dev: Device, info: EngineInfo, stage: Stage, t: float) -> Timeline:
         model = getattr(dev, "model", None)
-        level = step.kwargs.get("level")
-        if model is not None:
-            timeline = model.estimate(info, step.op, sizes[i], t, level=level if isinstance(level, int) else None)
-        else:
-            timeline = dev.estimate(Task(op=step.op, nbytes=sizes[i]), info, t)
-        exec_total += timeline.exec_s
-        t = timeline.finish_s
-    if where != "host":
-        hop = _transfer(rt, sizes[-1])
-        t += hop
-        transfer_total += hop
-        pcie += sizes[-1]
-    return Choice(tuple(info.label for _, info in combo), t - arrival, exec_total, transfer_total, pcie)
+        if model is not None:  # execution and queueing only: the planner charges the hops
+            return model.estimate(info, stage.op, stage.nbytes, t, out_bytes=stage.out_bytes, level=stage.level)  # type: ignore[no-any-return]
+        return dev.estimate(Task(op=stage.op, nbytes=stage.nbytes, out_hint=stage.out_bytes), info, t)
 
-
-def _greedy(
-    rt: Runtime,
-    steps: list[Step],
-    options: list[list[tuple[Device, EngineInfo]]],
-    sizes: list[int],
-    arrival: float,
-) -> Choice:
-    """Each step on its own best engine, ignoring where its neighbours run."""
-    combo = []
-    for i, (step, opts) in enumerate(zip(steps, options, strict=True)):
-        if rt.policy == "greedy-accelerator":
-            for kind in ("accelerator", "arm", "host"):
-                kinds = [o for o in opts if o[1].kind == kind]
-                if kinds:
-                    opts = kinds
-                    break
-        best = min(opts, key=lambda o: _cost(rt, [step], [o], [sizes[i], sizes[i + 1]], arrival).total_s)
-        combo.append(best)
-    return _cost(rt, steps, combo, sizes, arrival)
+    model = getattr(rt.device, "model", None)
+    return Planner(None if model is None else model.cost, lambda d, i: _side(rt, d, i), estimate)

@@ -79,6 +79,7 @@ from .. import errors
 from .device import Device, DeviceBuffer, EngineInfo, EngineStats, Refusal, Task
 from .model import DEFAULT_OUT_RATIO, DeviceModel
 from .placement import POLICIES, _ms, _size, place
+from .planner import Planner, Stage
 from .profile import Profile
 
 if sys.version_info >= (3, 11):
@@ -710,12 +711,8 @@ def _run_policy(
     return _run(jobs, dpu, host, chooser, progress)
 
 
-#: Most engine assignments of one pipeline the ``cost`` policy compares.
-_MAX_CHAIN_ASSIGNMENTS = 4096
-
-
 def _chain_chooser(jobs: Sequence[Job], dpu: SimulatedDevice, host: SimulatedDevice) -> _Chooser:
-    """``cost`` with pipelines placed as a whole, as the runtime's Pipeline does.
+    """``cost`` with pipelines placed as a whole, by the planner the runtime's Pipeline uses.
 
     When a pipeline's first step arrives, every assignment of its steps to
     engines is estimated end to end (execution, queues, and a PCIe hop
@@ -724,30 +721,24 @@ def _chain_chooser(jobs: Sequence[Job], dpu: SimulatedDevice, host: SimulatedDev
     owner = [(ji, si) for ji, job in enumerate(jobs) for si in range(len(job.cls.steps))]
     planned: dict[int, str] = {}
 
+    def estimate(dev: Device, info: EngineInfo, stage: Stage, t: float) -> Timeline:
+        assert isinstance(dev, SimulatedDevice)  # execution and queueing only: the planner charges the hops
+        return dev.model.estimate(info, stage.op, stage.nbytes, t, out_bytes=stage.out_bytes, level=stage.level)
+
+    planner = Planner(dpu.model.cost, lambda dev, info: dev.side, estimate)  # type: ignore[attr-defined]
+
     def plan(job: Job, first: _SimTask, arrival_s: float) -> list[str]:
-        steps = job.cls.steps
-        sizes = [first.nbytes]
-        for step in steps:
-            sizes.append(step.out_bytes(sizes[-1]))
+        stages, nbytes = [], first.nbytes
+        for step in job.cls.steps:
+            stages.append(Stage(step.op, nbytes, step.out_bytes(nbytes), step.level))
+            nbytes = step.out_bytes(nbytes)
         options = []
-        for k, step in enumerate(steps):
-            probe = _SimTask(op=step.op, nbytes=sizes[k], out_hint=sizes[k + 1], level=step.level)
+        for stage in stages:
+            probe = _SimTask(op=stage.op, nbytes=stage.nbytes, out_hint=stage.out_bytes, level=stage.level)
             options.append([(d, i) for d in (dpu, host) for i in d.engines if d.can_run(probe, i) is None])
-        best: tuple[float, list[str]] | None = None
-        for n, combo in enumerate(itertools.product(*options)):
-            if n >= _MAX_CHAIN_ASSIGNMENTS:
-                break
-            t, where = arrival_s, first.data_on
-            for k, (dev, info) in enumerate(combo):
-                probe = _SimTask(
-                    op=steps[k].op, nbytes=sizes[k], out_hint=sizes[k + 1], level=steps[k].level,
-                    data_on=where, final=k == len(steps) - 1,
-                )  # fmt: skip
-                t = dev.estimate(probe, info, t).finish_s
-                where = dev.side
-            if best is None or t < best[0]:
-                best = (t, [info.label for _, info in combo])
-        return [] if best is None else best[1]
+        if not all(options):
+            return []
+        return list(planner.plan(stages, options, arrival_s, start=first.data_on)[0].engines)
 
     def choose(task: _SimTask, arrival_s: float, step_id: int) -> tuple[SimulatedDevice, EngineInfo, Timeline]:
         ji, si = owner[step_id]
