@@ -15,32 +15,43 @@ static void count(uint64_t *counter, uint64_t n)
 
 /* ---- submission queues -------------------------------------------------- */
 
+/* A lock and its two conditions (on the monotonic clock, for deadlines). */
+static int sync_init(pthread_mutex_t *lock, pthread_cond_t *a, pthread_cond_t *b)
+{
+    if (pthread_mutex_init(lock, NULL) != 0)
+        return DPDPU_ERR_INTERNAL;
+    if (dpdpu__cond_init_monotonic(a) != 0) {
+        pthread_mutex_destroy(lock);
+        return DPDPU_ERR_INTERNAL;
+    }
+    if (dpdpu__cond_init_monotonic(b) != 0) {
+        pthread_cond_destroy(a);
+        pthread_mutex_destroy(lock);
+        return DPDPU_ERR_INTERNAL;
+    }
+    return DPDPU_OK;
+}
+
+static void sync_destroy(pthread_mutex_t *lock, pthread_cond_t *a, pthread_cond_t *b)
+{
+    pthread_cond_destroy(b);
+    pthread_cond_destroy(a);
+    pthread_mutex_destroy(lock);
+}
+
 int dpdpu__queue_init(struct dpdpu_queue *q, const struct dpdpu_queue_ops *ops, uint32_t depth, uint64_t spin_ns)
 {
     q->ops = ops;
     q->depth = depth;
     q->spin_ns = spin_ns;
-    if (pthread_mutex_init(&q->lock, NULL) != 0)
-        return DPDPU_ERR_INTERNAL;
-    if (dpdpu__cond_init_monotonic(&q->has_work) != 0) {
-        pthread_mutex_destroy(&q->lock);
-        return DPDPU_ERR_INTERNAL;
-    }
-    if (dpdpu__cond_init_monotonic(&q->has_room) != 0) {
-        pthread_cond_destroy(&q->has_work);
-        pthread_mutex_destroy(&q->lock);
-        return DPDPU_ERR_INTERNAL;
-    }
-    return DPDPU_OK;
+    return sync_init(&q->lock, &q->has_work, &q->has_room);
 }
 
 void dpdpu__queue_destroy(struct dpdpu_queue *q)
 {
     free(q->threads);
     q->threads = NULL;
-    pthread_cond_destroy(&q->has_room);
-    pthread_cond_destroy(&q->has_work);
-    pthread_mutex_destroy(&q->lock);
+    sync_destroy(&q->lock, &q->has_work, &q->has_room);
 }
 
 static void *worker_main(void *arg);
@@ -306,25 +317,12 @@ static void *worker_main(void *arg)
 
 int dpdpu__cq_init(struct dpdpu_cq *cq)
 {
-    if (pthread_mutex_init(&cq->lock, NULL) != 0)
-        return DPDPU_ERR_INTERNAL;
-    if (dpdpu__cond_init_monotonic(&cq->cond) != 0) {
-        pthread_mutex_destroy(&cq->lock);
-        return DPDPU_ERR_INTERNAL;
-    }
-    if (dpdpu__cond_init_monotonic(&cq->item_cond) != 0) {
-        pthread_cond_destroy(&cq->cond);
-        pthread_mutex_destroy(&cq->lock);
-        return DPDPU_ERR_INTERNAL;
-    }
-    return DPDPU_OK;
+    return sync_init(&cq->lock, &cq->cond, &cq->item_cond);
 }
 
 void dpdpu__cq_destroy(struct dpdpu_cq *cq)
 {
-    pthread_cond_destroy(&cq->item_cond);
-    pthread_cond_destroy(&cq->cond);
-    pthread_mutex_destroy(&cq->lock);
+    sync_destroy(&cq->lock, &cq->cond, &cq->item_cond);
 }
 
 struct dpdpu_qlink *dpdpu__cq_take(struct dpdpu_cq *cq, uint32_t max, uint32_t *n)

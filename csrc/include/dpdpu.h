@@ -205,7 +205,8 @@ struct dpdpu_dev_cfg {
 
 /**
  * A unit of work.  The caller owns the memory and must keep it, and the
- * buffers it names, alive until the task has completed.  Fields marked "out"
+ * buffers it names, alive until the task has completed and (unless it ran
+ * inline) has been taken off the completion queue by dpdpu_pe_progress().  Fields marked "out"
  * are written by the core; the rest are read at submit.
  */
 struct dpdpu_task {
