@@ -6,7 +6,11 @@
   for the answer.
 - ``invoke``: ``AgentClient.invoke("bench.add", 1, 2)`` against ``dpdpu agent``:
   token check, JSON arguments, the runtime placing the task on the DPU's Arm
-  cores, waiting for it, the JSON result.
+  cores, the round trip to the worker process that runs the offload, the JSON
+  result.
+- ``invoke_in_process``: the same against ``dpdpu agent --isolation none``, which
+  runs the offload on the agent's own engine thread: the difference from
+  ``invoke`` is what isolating offloads in worker processes costs.
 
 The goal is at most 2x the echo's latency (ratio >= 0.5).  Run:
 ``pytest benchmarks/test_bench_agent.py``.
@@ -69,13 +73,11 @@ def _first_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
     return line
 
 
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentClient]:
+def _agent(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Iterator[AgentClient]:
     data_dir: Path = tmp_path_factory.mktemp("bench-agent")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dpdpu", "agent", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--no-flight"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    cmd = [sys.executable, "-m", "dpdpu", "agent", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    cmd.append("--no-flight")
+    proc = subprocess.Popen([*cmd, *extra], stdout=subprocess.PIPE, text=True)
     try:
         state = json.loads(_first_line(proc))
         token = (data_dir / "token").read_text().strip()
@@ -87,6 +89,16 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentClient]:
         proc.wait(30)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentClient]:
+    yield from _agent(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def agent_in_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentClient]:
+    yield from _agent(tmp_path_factory, "--isolation", "none")
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +133,10 @@ def test_agent_invoke(benchmark: Any, agent: AgentClient) -> None:
     for _ in range(200):
         agent.invoke("bench.add", 1, 2)
     assert benchmark(lambda: agent.invoke("bench.add", 1, 2)) == 3
+
+
+@pytest.mark.benchmark(group="agent-invoke-trivial")
+def test_agent_invoke_in_process(benchmark: Any, agent_in_process: AgentClient) -> None:
+    for _ in range(200):
+        agent_in_process.invoke("bench.add", 1, 2)
+    assert benchmark(lambda: agent_in_process.invoke("bench.add", 1, 2)) == 3

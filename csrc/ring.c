@@ -1091,6 +1091,12 @@ static int next_record(struct dpdpu_ring *r, uint8_t **at, uint32_t *len, uint32
             if (rc)
                 return rc;
         }
+        /* The producer's position is its word too: an honest one never
+         * publishes more than the ring holds past what was released, nor
+         * behind what was read (a tail far ahead would have us step through
+         * padding for ever). */
+        if (r->tail_cache - r->rx_saved.cur > r->cap || r->tail_cache - r->rx.cur > r->cap)
+            return DPDPU_ERR_CORRUPT_DATA;
         uint64_t off = r->rx.cur & r->mask;
         struct rec_hdr hdr;
         memcpy(&hdr, r->data + off, sizeof hdr);

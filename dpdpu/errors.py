@@ -42,6 +42,28 @@ __all__ = [
 ]
 
 
+#: Characters of caller input an error message quotes at most.
+BRIEF_CHARS = 60
+
+
+def brief(value: object, limit: int = BRIEF_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for messages that quote caller input.
+
+    Input may be megabytes long (or an integer too long to print), and a
+    message that echoes it whole outgrows whatever carries it (a log line, a
+    gRPC status); so messages quote a bounded prefix and say how long the rest is.
+    """
+    if isinstance(value, str | bytes | bytearray) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} {'characters' if isinstance(value, str) else 'bytes'})"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        text = repr(value)
+    except Exception:  # a caller's object whose repr fails still gets named
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({type(value).__name__})"
+
+
 class DpdpuError(Exception):
     """Base of all dpdpu errors (never raised directly).
 

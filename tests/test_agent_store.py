@@ -19,6 +19,7 @@ from dpdpu.agent.deployments import (
     UnknownOffloadError,
     source_version,
 )
+from dpdpu.agent.payloads import JsonText, clip, shown
 from dpdpu.agent.security import TlsFiles, check_bind, ensure_token, is_loopback, read_token, split_address
 from dpdpu.agent.server import decode_args, encode_result
 from dpdpu.errors import InvalidArgumentError
@@ -105,15 +106,23 @@ def test_refusals(tmp_path: Path) -> None:
     store = DeploymentStore(tmp_path, max_module_bytes=100, import_timeout_s=5)
     with pytest.raises(ModuleTooLargeError):
         store.deploy("big", "x = 1\n" * 50)
-    for name in ("", "a.b", "../x", "-x", "x" * 65):
-        with pytest.raises(DeploymentError, match="invalid deployment name"):
+    for name in ("", "a.b", "../x", "-x", "x" * 65, "evil\n", "ok\n", ".hidden", "a b", "é", "a/b", "x" * 100_000):
+        with pytest.raises(DeploymentError, match="invalid deployment name") as info:
             store.deploy(name, "x = 1\n")
+        assert len(str(info.value)) < 300  # the name is not echoed whole
     with pytest.raises(DeploymentError, match="empty"):
         store.deploy("blank", "  \n")
     with pytest.raises(DeploymentError, match="ZeroDivisionError"):
         store.deploy("div", "1 / 0\n")
+    with pytest.raises(DeploymentError, match="UTF-8"):
+        store.deploy("surrogate", "x = '\udc80'\n")
+    with pytest.raises(DeploymentError, match="exit status 3"):
+        store.deploy("quits", "import os\nos._exit(3)\n")
+    with pytest.raises(DeploymentError, match="SIGSEGV"):
+        store.deploy("crashes", "import ctypes\nctypes.string_at(0)\n")
     assert store.deployments() == []
-    assert list((tmp_path / "deployments").rglob("*.py")) == []
+    # Refused deploys leave nothing behind: no files, no directories.
+    assert list((tmp_path / "deployments").iterdir()) == []
 
 
 def test_token_is_private_and_stable(tmp_path: Path) -> None:
@@ -145,14 +154,31 @@ def test_argument_and_result_encoding() -> None:
     assert decode_args('"s"', None) == (("s",), {})
     with pytest.raises(InvalidArgumentError, match="not valid JSON"):
         decode_args("[1,", None)
+    with pytest.raises(InvalidArgumentError, match="nested too deeply"):
+        decode_args("[" * 20_000 + "]" * 20_000, None)
     reply = pb.InvokeReply()
     encode_result(memoryview(b"abc"), reply)
     assert reply.is_bytes and reply.result_bytes == b"abc"
     reply = pb.InvokeReply()
     encode_result({"s": {3, 1}}, reply)
     assert json.loads(reply.result_json) == {"s": [1, 3]}
-    with pytest.raises(TypeError):
+    reply = pb.InvokeReply()
+    encode_result(JsonText('{"done": true}'), reply)  # a worker's answer goes on as it is
+    assert reply.result_json == '{"done": true}'
+    with pytest.raises(ValueError, match="not JSON serializable"):
         encode_result(object(), pb.InvokeReply())
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested too deeply"):
+        encode_result(deep, pb.InvokeReply())
+
+
+def test_messages_are_clipped() -> None:
+    assert clip("x" * 10) == "x" * 10
+    long = clip("y" * 5_000_000)
+    assert len(long) <= 600 and long.endswith("[5000000 characters]")
+    assert len(shown("z" * 100_000)) < 120
 
 
 def test_one_agent_per_data_dir_and_taken_ports(tmp_path: Path) -> None:
@@ -251,6 +277,14 @@ def test_agent_import_that_hangs_times_out_and_frees_the_name(tmp_path: Path) ->
     assert _status_of(ImportTimeoutError("late")) == grpc.StatusCode.DEADLINE_EXCEEDED  # Deploy's status
 
 
+def test_crlf_module_restores(tmp_path: Path) -> None:
+    source = MODULE.format(tag="crlf").replace("\n", "\r\n")
+    DeploymentStore(tmp_path).deploy("crlf", source)
+    again = DeploymentStore(tmp_path)
+    assert again.restore() == []  # the file holds the very bytes whose hash is the version
+    assert again.lookup("crlf.shared")() == "crlf"
+
+
 def test_stale_pending_files_are_removed_at_restore(tmp_path: Path) -> None:
     (tmp_path / "deployments" / "one").mkdir(parents=True)  # as a deploy killed half-way leaves it
     stale = tmp_path / "deployments" / "one" / f".{'0' * 64}.1234.pending.py"
@@ -278,6 +312,7 @@ def test_client_invoke_without_timeout_sets_no_deadline() -> None:
 def test_flight_failures_match_the_grpc_statuses() -> None:
     pa = pytest.importorskip("pyarrow")
     flight = pytest.importorskip("pyarrow.flight")
+    from dpdpu.agent.isolation import RemoteError, WorkerDiedError
     from dpdpu.agent.server import TooManyHungError, _flight_failure
     from dpdpu.errors import RuntimeClosedError
 
@@ -285,6 +320,12 @@ def test_flight_failures_match_the_grpc_statuses() -> None:
     assert isinstance(_flight_failure("d.f", TooManyHungError("hung")), flight.FlightUnavailableError)
     assert isinstance(_flight_failure("d.f", RuntimeClosedError("closing")), flight.FlightUnavailableError)
     assert isinstance(_flight_failure("d.f", TimeoutError("late")), flight.FlightTimedOutError)
+    died = _flight_failure("d.f", WorkerDiedError("its worker process ended", "killed by SIGSEGV"))
+    assert type(died) is flight.FlightServerError and "ended its worker process (killed by SIGSEGV)" in str(died)
+    oom = _flight_failure("d.f", RemoteError("MemoryError", "", "call", True), memory_bytes=1 << 30)
+    assert "raised MemoryError" in str(oom) and "1 GiB" in str(oom)
+    huge = _flight_failure("d.f", ValueError("v" * 5_000_000))
+    assert len(str(huge)) < 1024
     for exc in (KeyError("k"), ValueError("v"), TypeError("t")):
         out = _flight_failure("d.f", exc)
         assert type(out) is flight.FlightServerError and f"offload d.f raised {type(exc).__name__}" in str(out)

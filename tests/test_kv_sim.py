@@ -157,3 +157,34 @@ def test_traces_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
 def test_cli_kv_sim_rejects_negative_or_non_finite_sizes(option: str, value: str) -> None:
     res = CliRunner().invoke(main, ["kv-sim", "--model", MODEL, option, value])
     assert res.exit_code == 2 and "Error:" in res.output and option in res.output
+
+
+def test_a_trace_of_empty_prompts_replays() -> None:
+    report = simulate([{"t": 0.0, "prompt": []}, {"t": 1.0, "prompt": [{"ids": []}]}], model=MODEL, chunk_tokens=4)
+    assert report.requests == 2 and report.prompt_tokens == 0 and report.speedup_tier == 1.0
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"prompt": [{"stream": "s" * 1_000_000, "tokens": -1}]},
+        {"prompt": [{"ids": ["x" * 1_000_000]}]},
+        {"t": "x" * 1_000_000, "prompt": []},
+        '{"t": 1' + "0" * 5000 + ', "prompt": []}',  # an integer too long for Python to read
+    ],
+)
+def test_trace_errors_quote_a_bounded_prefix(tmp_path: Path, request_: dict[str, Any] | str) -> None:
+    path = tmp_path / "t.json"
+    text = request_ if isinstance(request_, str) else json.dumps(request_)
+    path.write_text('{"requests": [' + text + "]}")
+    with pytest.raises(TraceError) as info:
+        load_trace(path)
+    assert len(str(info.value)) < 300 + len(str(path))
+
+
+def test_csv_row_errors_quote_a_bounded_prefix(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("t,session,prompt\n0," + "s" * 100_000 + ",x:notanumber\n")
+    with pytest.raises(TraceError) as info:
+        load_trace(path)
+    assert len(str(info.value)) < 300 + len(str(path))

@@ -295,3 +295,48 @@ def test_a_device_instance_can_be_passed_in() -> None:
         assert rt.device is device and compute.crc32c(b"abc") == compute.crc32c(b"abc", engine="host")
     with pytest.raises(errors.InvalidArgumentError):
         Runtime(EmulatorDevice("host"), workers=2)
+
+
+class _Waits:
+    """A callable that only waits (as for another process), marked to run inline."""
+
+    __dpdpu_inline__ = True
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = threading.Event()
+
+    def __call__(self) -> int:
+        self.started.set()
+        time.sleep(self.seconds)
+        return threading.get_ident()
+
+
+def test_inline_python_tasks_run_on_the_submitting_thread_without_serializing() -> None:
+    with Runtime("bluefield3", workers=1, policy="dpu-only") as rt:
+        fn = _Waits(0.3)
+        t0 = time.monotonic()
+        with cf.ThreadPoolExecutor(3) as pool:
+            futures = list(pool.map(lambda _: (threading.get_ident(), rt.submit(fn)), range(3)))
+        elapsed = time.monotonic() - t0
+        # Each ran on the thread that submitted it, all at once (one worker thread could not have).
+        assert all(f.result() == ident for ident, f in futures)
+        assert elapsed < 0.85
+        placement = rt.explain(futures[0][1])
+        assert placement.engine == "bluefield3/arm" and placement.wall_s is not None and placement.wall_s >= 0.25
+        stats = rt.stats().engines["bluefield3/arm"]
+        assert stats.tasks == 3 and stats.inlined == 3
+
+
+def test_shutdown_waits_for_running_inline_tasks() -> None:
+    rt = Runtime("host", workers=1)
+    fn = _Waits(0.3)
+    with cf.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(lambda: rt.submit(fn).result())
+        assert fn.started.wait(10)
+        t0 = time.monotonic()
+        rt.shutdown()
+        assert time.monotonic() - t0 >= 0.2  # the device closed only after the task finished
+        assert isinstance(running.result(5), int)
+    with pytest.raises(errors.RuntimeClosedError):
+        rt.submit(_Waits(0))

@@ -3,6 +3,9 @@
 - :mod:`dpdpu.agent.server` -- :class:`Agent`, :func:`run_agent` (``dpdpu agent``)
 - :mod:`dpdpu.agent.client` -- :class:`AgentClient`, a typed client
 - :mod:`dpdpu.agent.deployments` -- the store of deployed modules
+- :mod:`dpdpu.agent.isolation` -- worker processes that run offloads (with
+  :mod:`~dpdpu.agent.worker`, :mod:`~dpdpu.agent.zygote`, :mod:`~dpdpu.agent.frames`)
+- :mod:`dpdpu.agent.payloads` -- arguments, results and short messages
 - :mod:`dpdpu.agent.security` -- token, TLS and bind rules
 - ``control.proto`` -- the gRPC control service
 

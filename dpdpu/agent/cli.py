@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..runtime.placement import POLICIES, _size
+from .payloads import MAX_TIMEOUT_S, clip, shown
 
 if TYPE_CHECKING:
     from .client import AgentClient
@@ -46,7 +49,7 @@ class AgentCliError(click.ClickException):
     """A failure printed as one line ("Error: ..."), or as JSON with ``--json``, with the documented exit status."""
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILED, code: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(clip(message))
         self.exit_code = exit_code  # type: ignore[misc]  # per instance: the documented status
         self.code = code or {EXIT_USAGE: "USAGE", EXIT_AUTH: "AUTH", EXIT_UNREACHABLE: "UNAVAILABLE"}.get(
             exit_code, "FAILED"
@@ -59,6 +62,56 @@ class AgentCliError(click.ClickException):
             click.echo(json.dumps({"error": self.format_message(), "code": self.code}))
         else:
             super().show(file)
+
+
+class _Command(click.Command):
+    """A command whose usage errors are one short line, whatever was typed."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as exc:
+            exc.message = clip(exc.message, 300)  # type: ignore[misc]
+            raise
+
+
+class _Seconds(click.ParamType):  # type: ignore[type-arg]
+    """A finite number of seconds within bounds (click's FloatRange lets nan through)."""
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float = MAX_TIMEOUT_S) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{shown(value, 40)} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or not self.low <= seconds <= self.high:
+            self.fail(f"{shown(value, 40)} is not between {self.low:g} and {self.high:g} seconds", param, ctx)
+        return seconds
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*(|b|k|kib|m|mib|g|gib|t|tib)\s*", re.IGNORECASE)
+_SCALE = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+class _Bytes(click.ParamType):  # type: ignore[type-arg]
+    """A size in bytes: ``536870912``, ``512M``, ``512MiB``, ``4G`` (powers of 1024)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        m = _SIZE.fullmatch(str(value))
+        if m is None:
+            self.fail(f"{shown(value, 40)} is not a size (bytes, or a number with K, M, G or T)", param, ctx)
+        size = int(m.group(1)) * _SCALE[m.group(2).lower()[:1]]
+        if size > 1 << 50:
+            self.fail(f"{shown(value, 40)} is too large", param, ctx)
+        return size
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -94,9 +147,16 @@ def _client_options(fn: F) -> F:
     ) -> Any:
         from ..errors import InvalidArgumentError
         from .client import AgentClient, AgentError, default_address, default_token
-        from .security import read_token
+        from .security import read_token, split_address
 
         try:
+            address = address or default_address()
+            try:
+                split_address(address)
+            except InvalidArgumentError as exc:
+                raise AgentCliError(f"--agent: {exc}", EXIT_USAGE) from None
+            if tls_ca is not None and not _looks_like_pem(tls_ca):
+                raise AgentCliError(f"--tls-ca {shown(str(tls_ca), 60)} holds no PEM certificate", EXIT_USAGE)
             if token is None and token_file is not None:
                 try:
                     token = read_token(token_file)
@@ -105,9 +165,12 @@ def _client_options(fn: F) -> F:
                 if token is None:
                     # A missing token, like a wrong one: the README's exit status 4.
                     raise AgentCliError(f"no token in {token_file} (missing or empty file)", EXIT_AUTH)
-            client = AgentClient(
-                address or default_address(), token if token is not None else default_token(), tls_ca=tls_ca
-            )
+            try:
+                client = AgentClient(address, token if token is not None else default_token(), tls_ca=tls_ca)
+            except AgentError as exc:  # a token that cannot be sent
+                raise AgentCliError(str(exc), _exit_code(exc), exc.code) from None
+            except (OSError, ValueError) as exc:  # an unreadable --tls-ca, an address grpc cannot parse
+                raise AgentCliError(f"cannot connect: {exc}", EXIT_USAGE) from None
             try:
                 return fn(client=client, **kwargs)
             except AgentError as exc:
@@ -121,6 +184,15 @@ def _client_options(fn: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def _looks_like_pem(path: Path) -> bool:
+    """Whether ``path`` holds a PEM certificate (grpc only logs, and then fails to connect)."""
+    try:
+        with open(path, "rb") as fh:
+            return b"-----BEGIN CERTIFICATE-----" in fh.read(1 << 20)
+    except OSError:
+        return False
 
 
 def _console(stderr: bool = False) -> Any:
@@ -143,7 +215,7 @@ def register(main: click.Group) -> None:
 # --- the agent process -----------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.option(
     "--device", default="bluefield3", show_default=True, help="Device profile: host, bluefield2, bluefield3 or a TOML."
 )
@@ -169,15 +241,11 @@ def register(main: click.Group) -> None:
 )
 @click.option("--workers", type=click.IntRange(1, 256), default=None, help="Worker threads per engine [default: 8+].")
 @click.option(
-    "--invoke-timeout",
-    type=click.FloatRange(0.001),
-    default=30.0,
-    show_default=True,
-    help="Default invoke timeout (s).",
+    "--invoke-timeout", type=_Seconds(0.001), default=30.0, show_default=True, help="Default invoke timeout (s)."
 )
 @click.option(
     "--import-timeout",
-    type=click.FloatRange(0.1),
+    type=_Seconds(0.1),
     default=10.0,
     show_default=True,
     help="Time a deployed module may take to import in isolation (s).",
@@ -185,7 +253,21 @@ def register(main: click.Group) -> None:
 @click.option(
     "--max-module-bytes", type=click.IntRange(1), default=1 << 20, show_default=True, help="Largest module accepted."
 )
-@click.option("--grace", type=click.FloatRange(0), default=10.0, show_default=True, help="Drain time on shutdown (s).")
+@click.option("--grace", type=_Seconds(0), default=10.0, show_default=True, help="Drain time on shutdown (s).")
+@click.option(
+    "--isolation",
+    type=click.Choice(["process", "none"]),
+    default="process",
+    show_default=True,
+    help="Run offloads in worker processes, or in the agent itself (none: faster, but a crash takes the agent).",
+)
+@click.option(
+    "--worker-memory",
+    type=_Bytes(),
+    default="4G",
+    show_default=True,
+    help="Memory each worker (and import check) process may use, e.g. 512M, 4G; 0: no limit.",
+)
 def agent(
     device: str,
     listen: str,
@@ -200,14 +282,18 @@ def agent(
     import_timeout: float,
     max_module_bytes: int,
     grace: float,
+    isolation: str,
+    worker_memory: int,
 ) -> None:
     """Run the agent: a runtime on DEVICE, the control service and an Arrow Flight endpoint.
 
     The first line printed is JSON with the bound addresses ("listen", "flight",
     "pid"); DATA_DIR/agent.json holds the same while the agent runs.  SIGTERM or
-    SIGINT drain in-flight calls (up to --grace seconds) and exit.
+    SIGINT drain in-flight calls (up to --grace seconds) and exit.  Offloads run in
+    worker processes (--isolation process): one that crashes, exits or runs out of
+    --worker-memory fails its call and its worker is replaced.
     """
-    from ..errors import InvalidArgumentError, ProfileError, UnknownDeviceError
+    from ..errors import DpdpuError, InvalidArgumentError, ProfileError, UnknownDeviceError
     from .security import TlsFiles, default_data_dir
     from .server import AgentConfig, run_agent
 
@@ -218,19 +304,23 @@ def agent(
         flight_port=None if no_flight else flight_port,
         tls=TlsFiles(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None,
         policy=policy, workers=workers, invoke_timeout_s=invoke_timeout, import_timeout_s=import_timeout,
-        max_module_bytes=max_module_bytes, grace_s=grace,
+        max_module_bytes=max_module_bytes, grace_s=grace, isolation=isolation, worker_memory_bytes=worker_memory,
     )  # fmt: skip
     try:
         code = run_agent(config)
     except (InvalidArgumentError, ProfileError, UnknownDeviceError) as exc:
         raise AgentCliError(str(exc), EXIT_USAGE) from None
+    except OSError as exc:  # the data directory, a TLS file
+        raise AgentCliError(f"cannot start: {exc}", EXIT_USAGE) from None
+    except DpdpuError as exc:  # e.g. worker processes cannot start
+        raise AgentCliError(str(exc), EXIT_FAILED) from None
     sys.exit(code)
 
 
 # --- client commands -------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", help="Deployment name [default: the file's stem].")
 @_client_options
@@ -242,6 +332,13 @@ def deploy(client: AgentClient, file: Path, name: str | None, as_json: bool) -> 
     again replaces it (concurrent deploys of one name run one after the other; the
     last wins).
     """
+    from .deployments import NAME_PATTERN
+
+    name = name if name is not None else file.stem
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise AgentCliError(
+            f"invalid deployment name {shown(name, 40)}: it must match {NAME_PATTERN} (pass --name)", EXIT_USAGE
+        )
     err = _console(stderr=True)
     if err.is_terminal and not as_json:
         with err.status(f"deploying {file.name} ..."):
@@ -255,7 +352,7 @@ def deploy(client: AgentClient, file: Path, name: str | None, as_json: bool) -> 
     click.echo(f"{state} {info.name} version {info.version[:12]}: {', '.join(info.offloads)}")
 
 
-@click.command()
+@click.command(cls=_Command)
 @_client_options
 def offloads(client: AgentClient, as_json: bool) -> None:
     """List the deployments and their offloads."""
@@ -274,7 +371,7 @@ def offloads(client: AgentClient, as_json: bool) -> None:
     _console().print(table)
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.argument("name")
 @_client_options
 def undeploy(client: AgentClient, name: str, as_json: bool) -> None:
@@ -286,7 +383,7 @@ def undeploy(client: AgentClient, name: str, as_json: bool) -> None:
         click.echo(f"undeployed {info.name} version {info.version[:12]}")
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.argument("name")
 @click.argument("args_json", required=False)
 @click.option(
@@ -296,9 +393,7 @@ def undeploy(client: AgentClient, name: str, as_json: bool) -> None:
     help="Pass this file's bytes as the first argument.",
 )
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write a bytes result to this file.")
-@click.option(
-    "--timeout", type=click.FloatRange(0.001), default=None, help="Seconds [default: the agent's --invoke-timeout]."
-)
+@click.option("--timeout", type=_Seconds(0.001), default=None, help="Seconds [default: the agent's --invoke-timeout].")
 @_client_options
 def invoke(
     client: AgentClient,
@@ -322,18 +417,26 @@ def invoke(
             value = json.loads(args_json)
         except ValueError as exc:
             raise AgentCliError(f"ARGS_JSON is not valid JSON: {exc}", EXIT_USAGE) from None
+        except RecursionError:
+            raise AgentCliError("ARGS_JSON is nested too deeply", EXIT_USAGE) from None
         if isinstance(value, list):
             args = value
         elif isinstance(value, dict):
             kwargs = value
         else:
             args = [value]
-    payload = input_file.read_bytes() if input_file is not None else None
+    try:
+        payload = input_file.read_bytes() if input_file is not None else None
+    except OSError as exc:
+        raise AgentCliError(f"cannot read --input: {exc}", EXIT_USAGE) from None
     result = client.invoke_ex(name, *args, payload=payload, timeout=timeout, **kwargs)
     value = result.value
     if isinstance(value, bytes):
         if output is not None:
-            output.write_bytes(value)
+            try:
+                output.write_bytes(value)
+            except OSError as exc:
+                raise AgentCliError(f"cannot write --output: {exc}", EXIT_USAGE) from None
             value = {"bytes": len(value), "written_to": str(output)}
         elif as_json:
             import base64
@@ -349,10 +452,10 @@ def invoke(
         click.echo(json.dumps(value))
 
 
-@click.command()
+@click.command(cls=_Command)
 @click.option("--watch", is_flag=True, help="Refresh until interrupted.")
 @click.option(
-    "--interval", type=click.FloatRange(0.05), default=1.0, show_default=True, help="Seconds between refreshes."
+    "--interval", type=_Seconds(0.05, 3600), default=1.0, show_default=True, help="Seconds between refreshes."
 )
 @click.option("--count", type=click.IntRange(0), default=0, help="With --watch: stop after this many refreshes.")
 @_client_options
@@ -396,6 +499,8 @@ def _stats_view(data: dict[str, Any]) -> Any:
         f"{data['device']}: up {data['uptime_s']:.0f} s, {data['deployments']} deployments, "
         f"{data['invocations']} invocations ({data['invocation_failures']} failed, {data['in_flight']} running, "
         f"{data['hung']} hung)\n"
+        f"isolation {data['isolation']}: {data['worker_processes']} worker processes, "
+        f"{data['worker_restarts']} replaced\n"
         f"modeled: device time {data['modeled_s'] * 1e3:.3f} ms, host cores saved {data['host_cores_saved']:.2f}"
     )
     table = Table()
@@ -410,7 +515,7 @@ def _stats_view(data: dict[str, Any]) -> Any:
     return Group(summary, table)
 
 
-@click.command()
+@click.command(cls=_Command)
 @_client_options
 def health(client: AgentClient, as_json: bool) -> None:
     """Check that the agent answers: status, version, device, uptime."""

@@ -6,8 +6,9 @@
 
 Failures raise :class:`AgentError` subclasses carrying the gRPC status name in
 ``code``: :class:`AgentUnavailableError` (no agent there), :class:`AgentAuthError`
-(wrong or missing token), :class:`OffloadFailedError` (the offload raised),
-:class:`OffloadTimeoutError`, :class:`AgentNotFoundError`, :class:`AgentRejectedError`.
+(wrong, missing or unusable token), :class:`OffloadFailedError` (the offload raised,
+or ended its worker process: code ``ABORTED``), :class:`OffloadTimeoutError`,
+:class:`AgentNotFoundError`, :class:`AgentRejectedError`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import grpc  # type: ignore[import-untyped]
 
 from ..errors import DpdpuError, InvalidArgumentError
 from ._proto import control_pb2 as pb
+from .payloads import check_seconds, clip
 from .security import default_data_dir, read_token
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "InvokeResult",
     "OffloadFailedError",
     "OffloadTimeoutError",
+    "check_token",
     "default_address",
     "default_token",
 ]
@@ -44,6 +47,8 @@ SERVICE = "dpdpu.agent.v1.Control"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 #: marks a call made without a deadline (grpc's ``timeout=None``)
 _NO_DEADLINE = -1.0
+#: longest token accepted (a header line, well within gRPC's metadata limit)
+MAX_TOKEN_CHARS = 1024
 
 
 class AgentError(DpdpuError):
@@ -55,7 +60,7 @@ class AgentUnavailableError(AgentError, ConnectionError):
 
 
 class AgentAuthError(AgentError, PermissionError):
-    """The agent refused the token."""
+    """The agent refused the token (or it cannot be sent: empty, too long, not printable ASCII)."""
 
 
 class AgentNotFoundError(AgentError, LookupError):
@@ -82,6 +87,7 @@ _ERRORS: dict[grpc.StatusCode, type[AgentError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: AgentRejectedError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: AgentRejectedError,
     grpc.StatusCode.UNKNOWN: OffloadFailedError,
+    grpc.StatusCode.ABORTED: OffloadFailedError,
     grpc.StatusCode.DEADLINE_EXCEEDED: OffloadTimeoutError,
 }
 
@@ -161,8 +167,10 @@ class AgentClient:
         max_message_bytes: int = 256 << 20,
     ) -> None:
         self.address = address or default_address()
-        self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token if token is not None else default_token() or ''}"),)
+        self.timeout = check_seconds(timeout, "timeout", allow_zero=False)
+        token = token if token is not None else default_token() or ""
+        check_token(token)
+        self._metadata = (("authorization", f"Bearer {token}"),)
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -242,9 +250,17 @@ class AgentClient:
         """
         if args and kwargs:
             raise InvalidArgumentError("pass positional or keyword arguments, not both (they travel as JSON)")
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout")
         body = kwargs if kwargs else list(args)
+        try:
+            args_json = json.dumps(body) if body else ""
+        except RecursionError:
+            raise InvalidArgumentError("arguments are nested too deeply to send as JSON") from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError(f"arguments cannot be sent as JSON: {clip(str(exc), 200)}") from None
         request = pb.InvokeRequest(
-            offload=offload, args_json=json.dumps(body) if body else "", timeout_s=timeout or 0.0,
+            offload=offload, args_json=args_json, timeout_s=timeout or 0.0,
             has_payload=payload is not None, payload=payload or b"",
         )  # fmt: skip
         # The agent answers at the invocation's timeout, its own default when none is given
@@ -288,10 +304,21 @@ class AgentClient:
         self._call("Shutdown", pb.ShutdownRequest(grace_s=grace_s or 0.0))
 
 
+def check_token(token: str) -> None:
+    """Refuse a token that cannot travel in a header: AgentAuthError (the token is wrong either way)."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise AgentAuthError(f"the token is {len(token)} characters; at most {MAX_TOKEN_CHARS}", code="UNAUTHENTICATED")
+    if not all("!" <= c <= "~" for c in token):
+        raise AgentAuthError(
+            "the token may hold printable ASCII characters only (no spaces, newlines or control characters)",
+            code="UNAUTHENTICATED",
+        )
+
+
 def _error(exc: grpc.RpcError, address: str) -> AgentError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = (exc.details() if hasattr(exc, "details") else None) or str(code)
+    details = clip((exc.details() if hasattr(exc, "details") else None) or str(code))
     cls = _ERRORS.get(code, AgentError)
     if cls is AgentUnavailableError:
-        details = f"no agent reachable at {address}: {details}"
+        details = f"no agent reachable at {clip(address, 200)}: {details}"
     return cls(details, code=code.name)

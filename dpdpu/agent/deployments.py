@@ -1,10 +1,17 @@
 """Deployed offload modules: validation, content hashing, persistence and loading.
 
 A deployment is one Python source file holding ``@offload`` functions, kept under a
-name.  Its version is the SHA-256 of its text.  Before the agent imports a module it
-is imported once in a separate interpreter with a time limit, which must finish and
-find at least one offload: a module with a syntax error, one that raises or loops at
-import, or one without offloads is refused without touching the agent.
+name.  Its version is the SHA-256 of its text.  Before the agent loads a module it
+is imported once in a separate process (forked from the agent's template process,
+:mod:`dpdpu.agent.zygote`, so it starts in milliseconds) with a time and a memory
+limit, which must finish and find at least one offload: a module with a syntax error,
+one that raises, exits, crashes or loops at import, or one without offloads is refused
+without touching the agent.  The store then loads it with its loader: by default an
+import in this process; the agent's worker pool (:mod:`dpdpu.agent.isolation`) loads
+it in a worker process instead.
+
+Deployment names match ``[A-Za-z_][A-Za-z0-9_-]{0,63}`` (no dots: offloads are
+invoked as ``DEPLOYMENT.OFFLOAD``), so a name is always one plain directory.
 
 On disk (the agent's data directory)::
 
@@ -28,22 +35,26 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from ..errors import DpdpuError, InvalidArgumentError
+from .frames import FrameSocket
+from .payloads import clip, exception_text, shown
+from .zygote import describe_status, shared_zygote
 
 __all__ = [
     "DEFAULT_IMPORT_TIMEOUT_S",
     "DEFAULT_MAX_MODULE_BYTES",
+    "DEFAULT_MEMORY_BYTES",
+    "NAME_PATTERN",
     "Deployment",
     "DeploymentError",
     "DeploymentStore",
@@ -52,6 +63,7 @@ __all__ = [
     "UnknownDeploymentError",
     "UnknownOffloadError",
     "find_offloads",
+    "module_name",
     "source_version",
 ]
 
@@ -59,30 +71,19 @@ __all__ = [
 DEFAULT_MAX_MODULE_BYTES = 1 << 20
 #: time a module gets to import in the isolated check
 DEFAULT_IMPORT_TIMEOUT_S = 10.0
-#: isolated imports running at once (each is a whole interpreter)
+#: memory limit of each process that runs deployed code (checks and workers): 4 GiB
+DEFAULT_MEMORY_BYTES = 4 << 30
+#: isolated imports running at once
 _MAX_CONCURRENT_CHECKS = 2
+#: largest answer of an isolated import (names and placement options of the offloads)
+_MAX_CHECK_REPLY = 4 << 20
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-_RESULT_MARK = "@@dpdpu-deploy-check@@ "
+#: what a deployment name must match (whole)
+NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_-]{0,63}"
+_NAME = re.compile(NAME_PATTERN)
 
-# Run by the isolated interpreter: import the file, report the offloads or the error.
-_CHECK_SCRIPT = f"""
-import importlib.util, json, sys, traceback
-path = sys.argv[1]
-out = {{}}
-try:
-    spec = importlib.util.spec_from_file_location("_dpdpu_deploy_check", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    from dpdpu.agent.deployments import find_offloads
-    out["offloads"] = sorted(find_offloads(module))
-except BaseException as exc:
-    out["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-sys.stdout.flush()
-sys.stdout.write({_RESULT_MARK!r} + json.dumps(out) + "\\n")
-sys.stdout.flush()
-"""
+#: a module loader: (name, version, path) -> (the module if loaded here, its offloads)
+Loader = Callable[[str, str, Path], tuple[ModuleType | None, dict[str, Callable[..., Any]]]]
 
 
 class DeploymentError(InvalidArgumentError):
@@ -150,7 +151,11 @@ class DeploymentStore:
     Args:
         data_dir: the agent's data directory.
         max_module_bytes: largest source accepted (:class:`ModuleTooLargeError` beyond).
-        import_timeout_s: time the isolated import may take.
+        import_timeout_s: time the isolated import (and the loader's import) may take.
+        memory_bytes: memory limit of the isolated import's process (0: none).
+        load: how an accepted module is loaded (default: imported in this process,
+            within ``import_timeout_s``).
+        unload: told (name, version) when a loaded version is replaced or undeployed.
     """
 
     def __init__(
@@ -159,14 +164,20 @@ class DeploymentStore:
         *,
         max_module_bytes: int = DEFAULT_MAX_MODULE_BYTES,
         import_timeout_s: float = DEFAULT_IMPORT_TIMEOUT_S,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        load: Loader | None = None,
+        unload: Callable[[str, str], None] | None = None,
     ) -> None:
         # Absolute: the isolated import runs with the module's folder as its cwd.
         self.root = Path(data_dir).expanduser().absolute() / "deployments"
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_module_bytes = max_module_bytes
         self.import_timeout_s = import_timeout_s
-        self._lock = threading.Lock()  # guards _deployments, _index and the manifest
-        self._name_locks: dict[str, threading.Lock] = {}
+        self.memory_bytes = memory_bytes
+        self._load_module: Loader = load or self._load_in_time
+        self._unload = unload or (lambda name, version: None)
+        self._lock = threading.Lock()  # guards _deployments, _index, the manifest and _name_locks
+        self._name_locks: dict[str, list[Any]] = {}  # name -> [lock, users]
         self._checks = threading.BoundedSemaphore(_MAX_CONCURRENT_CHECKS)
         self._deployments: dict[str, Deployment] = {}
         # Manifest entries that did not restore: kept on disk until undeployed or replaced.
@@ -204,7 +215,7 @@ class DeploymentStore:
             return fn
         if offload in self._ambiguous:
             raise UnknownOffloadError(f"offload name {offload!r} is ambiguous; qualify it as DEPLOYMENT.{offload}")
-        raise UnknownOffloadError(f"no deployed offload {offload!r}")
+        raise UnknownOffloadError(f"no deployed offload {shown(offload)}")
 
     def offload_names(self) -> list[str]:
         """Every qualified offload name."""
@@ -216,10 +227,15 @@ class DeploymentStore:
         """Validate, persist and load a module; returns (deployment, unchanged).
 
         Raises :class:`DeploymentError` (or :class:`ModuleTooLargeError`) when refused;
-        the previous version, if any, stays deployed then.
+        the previous version, if any, stays deployed then, and a refused first deploy
+        of a name leaves nothing on disk.
         """
         _check_name(name)
-        size = len(source.encode())
+        try:
+            data = source.encode()
+        except UnicodeEncodeError:
+            raise DeploymentError("module is not valid UTF-8 text") from None
+        size = len(data)
         if size > self.max_module_bytes:
             raise ModuleTooLargeError(f"module is {size} bytes; the agent accepts at most {self.max_module_bytes}")
         if not source.strip():
@@ -230,37 +246,56 @@ class DeploymentStore:
             if current is not None and current.version == version:
                 return current, True
             folder = self.root / name
+            made_folder = not folder.is_dir()
             folder.mkdir(exist_ok=True)
-            pending = folder / f".{version}.{threading.get_ident()}.pending.py"
-            pending.write_text(source)
             try:
-                names = self._isolated_import(pending)
-                path = folder / f"{version}.py"
-                os.replace(pending, path)
-            finally:
-                pending.unlink(missing_ok=True)
-            try:
-                module, offloads = self._load_in_time(name, version, path)
-            except (DeploymentError, ImportTimeoutError):
-                path.unlink(missing_ok=True)  # unchanged versions returned above, so this is no live file
+                deployment, old = self._accept(name, version, data, folder, _clean_filename(filename, name))
+            except BaseException:
+                if made_folder:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
                 raise
-            if sorted(offloads) != names:
-                # Imports that differ between two interpreters are not worth loading.
-                _forget(module)
-                path.unlink(missing_ok=True)
-                raise DeploymentError(f"module defines offloads {sorted(offloads)} here but {names} when checked")
-            deployment = Deployment(name, version, filename or f"{name}.py", size, time.time(), offloads, module)
-            with self._lock:
-                self._deployments[name] = deployment
-                old = self._unrestored.pop(name, None)
-                self._reindex()
-                self._write_manifest()
             if current is not None:
                 _forget(current.module)
+                self._unload(name, current.version)
                 (folder / f"{current.version}.py").unlink(missing_ok=True)
             elif old is not None and old.get("version") != version:
                 (folder / f"{old.get('version')}.py").unlink(missing_ok=True)
             return deployment, False
+
+    def _accept(
+        self, name: str, version: str, data: bytes, folder: Path, filename: str
+    ) -> tuple[Deployment, dict[str, Any] | None]:
+        """Check, store and load one version; on failure nothing of it stays on disk."""
+        pending = folder / f".{version}.{threading.get_ident()}.pending.py"
+        pending.write_bytes(data)
+        try:
+            names = self._isolated_import(pending)
+            path = folder / f"{version}.py"
+            os.replace(pending, path)
+        finally:
+            pending.unlink(missing_ok=True)
+        try:
+            module, offloads = self._load_module(name, version, path)
+        except (DeploymentError, ImportTimeoutError):
+            self._unload(name, version)
+            path.unlink(missing_ok=True)  # unchanged versions return early, so this is no live file
+            raise
+        if sorted(offloads) != names:
+            # Imports that differ between two processes are not worth loading.
+            _forget(module)
+            self._unload(name, version)
+            path.unlink(missing_ok=True)
+            raise DeploymentError(
+                clip(f"module defines offloads {sorted(offloads)} when loaded but {names} when checked")
+            )
+        deployment = Deployment(name, version, filename, len(data), time.time(), offloads, module)
+        with self._lock:
+            self._deployments[name] = deployment
+            old = self._unrestored.pop(name, None)
+            self._reindex()
+            self._write_manifest()
+        return deployment, old
 
     def undeploy(self, name: str) -> Deployment:
         """Remove a deployment (UnknownDeploymentError if there is none)."""
@@ -270,10 +305,11 @@ class DeploymentStore:
                 if deployment is None and name in self._unrestored:
                     deployment = _unloaded(name, self._unrestored.pop(name))
                 if deployment is None:
-                    raise UnknownDeploymentError(f"no deployment named {name!r}")
+                    raise UnknownDeploymentError(f"no deployment named {shown(name)}")
                 self._reindex()
                 self._write_manifest()
             _forget(deployment.module)
+            self._unload(name, deployment.version)
             folder = self.root / name
             (folder / f"{deployment.version}.py").unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # a concurrent deploy of the same name may be writing there
@@ -309,18 +345,20 @@ class DeploymentStore:
                     raise DeploymentError("its manifest entry has no version")
                 _check_name(name)
                 path = self.root / name / f"{entry['version']}.py"
-                source = path.read_text()
-                if source_version(source) != entry["version"]:
+                data = path.read_bytes()
+                if hashlib.sha256(data).hexdigest() != entry["version"]:
                     raise DeploymentError(f"{path} does not match its recorded version")
                 # Checked again in isolation: what imported at deploy time may hang or fail now
                 # (the environment or the files it reads have changed).
                 self._isolated_import(path)
-                module, offloads = self._load_in_time(name, entry["version"], path)
+                module, offloads = self._load_module(name, entry["version"], path)
                 deployment = Deployment(
-                    name, entry["version"], str(entry.get("filename", "")), len(source.encode()),
+                    name, entry["version"], _clean_filename(str(entry.get("filename", "")), name), len(data),
                     float(entry.get("deployed_at", 0.0)), offloads, module,
                 )  # fmt: skip
             except (OSError, ValueError, TypeError, DpdpuError) as exc:
+                if isinstance(entry, dict) and isinstance(entry.get("version"), str):
+                    self._unload(name, entry["version"])  # a worker that failed to load it
                 problems.append(f"deployment {name!r} not restored (kept in the manifest): {exc}")
                 self._unrestored[name] = entry if isinstance(entry, dict) else {"version": str(entry)}
                 continue
@@ -331,9 +369,20 @@ class DeploymentStore:
 
     # --- internals -----------------------------------------------------------------
 
-    def _name_lock(self, name: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def _name_lock(self, name: str) -> Iterator[None]:
+        """Serialize changes of one name (a lock that lives while someone uses it)."""
         with self._lock:
-            return self._name_locks.setdefault(name, threading.Lock())
+            entry = self._name_locks.setdefault(name, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._name_locks[name]
 
     def _reindex(self) -> None:
         index: dict[str, Callable[..., Any]] = {}
@@ -359,27 +408,17 @@ class DeploymentStore:
         os.replace(tmp, self.root / "manifest.json")
 
     def _isolated_import(self, path: Path) -> list[str]:
+        """Import ``path`` in a child process of its own; the offload names it defines."""
         with self._checks:
-            try:
-                proc = subprocess.run(
-                    [sys.executable, "-c", _CHECK_SCRIPT, str(path.absolute())],
-                    stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=path.parent,
-                    timeout=self.import_timeout_s,
-                    env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-                )  # fmt: skip
-            except subprocess.TimeoutExpired:
-                raise DeploymentError(f"module did not finish importing within {self.import_timeout_s:g} s") from None
-        line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith(_RESULT_MARK)), None)
-        if line is None:
-            tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-            raise DeploymentError(f"module import ended without a result: {tail[0]}")
-        result = json.loads(line[len(_RESULT_MARK) :])
+            result = _check_in_child(path.absolute(), self.import_timeout_s, self.memory_bytes)
         if "error" in result:
-            raise DeploymentError(f"module failed to import: {result['error']}")
-        names: list[str] = result["offloads"]
-        if not names:
+            raise DeploymentError(f"module failed to import: {clip(str(result['error']), 400)}")
+        offloads = result.get("offloads")
+        if not isinstance(offloads, dict):
+            raise DeploymentError("module check gave an unreadable answer")
+        if not offloads:
             raise DeploymentError("module defines no @offload functions")
-        return names
+        return sorted(offloads)
 
     def _load_in_time(self, name: str, version: str, path: Path) -> tuple[ModuleType, dict[str, Callable[..., Any]]]:
         """:func:`_load` within the import timeout.
@@ -438,31 +477,64 @@ def _unloaded(name: str, entry: dict[str, Any]) -> Deployment:
 
 
 def _check_name(name: str) -> None:
-    if not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise DeploymentError(
-            f"invalid deployment name {name!r}: use letters, digits, '_' and '-' (64 at most), starting with a letter"
+            f"invalid deployment name {shown(name, 40)}: use letters, digits, '_' and '-' (64 at most), "
+            "starting with a letter or '_'"
         )
 
 
-def _module_name(name: str, version: str) -> str:
+def _clean_filename(filename: str, name: str) -> str:
+    """The client's file name, kept for messages only: printable and at most 255 characters."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in filename[:255])
+    return cleaned or f"{name}.py"
+
+
+def module_name(name: str, version: str) -> str:
+    """The private module name a deployment's version is imported under."""
     return f"_dpdpu_deployed.{name.replace('-', '_')}_{version[:16]}"
+
+
+def _check_in_child(path: Path, timeout_s: float, memory_bytes: int) -> dict[str, Any]:
+    """Fork a check process (see :mod:`dpdpu.agent.worker`) and read its answer."""
+    zygote = shared_zygote()
+    child, ours = zygote.spawn("check", {"path": str(path), "memory_bytes": memory_bytes})
+    link = FrameSocket(ours, max_frame=_MAX_CHECK_REPLY)
+    try:
+        reply = link.recv(time.monotonic() + timeout_s)
+    except TimeoutError:
+        zygote.reap(child, 0.0)
+        raise DeploymentError(f"module did not finish importing within {timeout_s:g} s") from None
+    except (EOFError, OSError):
+        status = zygote.reap(child, 1.0)
+        raise DeploymentError(f"module import ended without a result ({describe_status(status)})") from None
+    finally:
+        link.close()
+    zygote.reap(child, 1.0)  # it exits after answering; whatever it started goes with it
+    try:
+        result = json.loads(bytes(reply))
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        raise DeploymentError("module check gave an unreadable answer")
+    return result
 
 
 def _load(name: str, version: str, path: Path) -> tuple[ModuleType, dict[str, Callable[..., Any]]]:
     """Import ``path`` in this process as a private module and collect its offloads."""
-    module_name = _module_name(name, version)
-    spec = importlib.util.spec_from_file_location(module_name, path)
+    private = module_name(name, version)
+    spec = importlib.util.spec_from_file_location(private, path)
     if spec is None or spec.loader is None:
         raise DeploymentError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     # Registered while it lives: dataclasses, pickling and typing look modules up by name.
-    sys.modules[module_name] = module
+    sys.modules[private] = module
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
-        if sys.modules.get(module_name) is module:  # a later load of the same version may own the name now
-            del sys.modules[module_name]
-        raise DeploymentError(f"module failed to import in the agent: {type(exc).__name__}: {exc}") from None
+        if sys.modules.get(private) is module:  # a later load of the same version may own the name now
+            del sys.modules[private]
+        raise DeploymentError(f"module failed to import: {exception_text(exc)}") from None
     offloads = find_offloads(module)
     if not offloads:
         _forget(module)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError
 from ..network.addresses import is_loopback
+from .payloads import shown
 
 __all__ = [
     "TOKEN_FILE",
@@ -71,8 +72,8 @@ def read_token(path: Path) -> str | None:
 def split_address(address: str) -> tuple[str, int]:
     """``"host:port"`` (``"[v6]:port"``) -> (host, port); InvalidArgumentError otherwise."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidArgumentError(f"expected HOST:PORT, got {address!r}")
+    if not sep or not host or not port.isdigit() or len(port) > 5 or not 0 <= int(port) <= 65535:
+        raise InvalidArgumentError(f"expected HOST:PORT, got {shown(address)}")
     return host.strip("[]"), int(port)
 
 
@@ -86,9 +87,15 @@ class TlsFiles:
     def load(self) -> tuple[bytes, bytes]:
         """(certificate chain, private key) bytes; InvalidArgumentError if unreadable."""
         try:
-            return self.cert.read_bytes(), self.key.read_bytes()
+            cert, key = self.cert.read_bytes(), self.key.read_bytes()
         except OSError as exc:
             raise InvalidArgumentError(f"cannot read TLS file: {exc}") from exc
+        # grpc only logs what it cannot parse, then fails without a reason: say it here.
+        if b"-----BEGIN CERTIFICATE-----" not in cert:
+            raise InvalidArgumentError(f"{shown(str(self.cert), 60)} holds no PEM certificate")
+        if b"PRIVATE KEY-----" not in key:
+            raise InvalidArgumentError(f"{shown(str(self.key), 60)} holds no PEM private key")
+        return cert, key
 
 
 def check_bind(host: str, token: str | None, tls: TlsFiles | None) -> None:

@@ -2,13 +2,18 @@
 
 ``dpdpu agent`` runs :func:`run_agent`.  The control service (``control.proto``) is
 registered with grpc's generic handlers; a server interceptor checks the bearer
-token on every call.  Invocations run on the runtime's engine threads (``dpdpu-only``
+token on every call.  Invocations are tasks of the agent's runtime (``dpu-only``
 placement by default: the agent's point is running on the device) and the handler
-waits on the task's future with the invocation's timeout.  A Python thread that
-never returns cannot be killed: an invocation past its timeout fails with
-DEADLINE_EXCEEDED and its task keeps its engine thread; the agent counts such
-"hung" tasks and refuses new invocations (RESOURCE_EXHAUSTED) while there are
-``max_hung`` of them, so they cannot pile up and starve the engines.
+waits on the task's future with the invocation's timeout.
+
+With ``isolation="process"`` (the default) the task is a round trip to a worker
+process (:mod:`dpdpu.agent.isolation`) that runs the offload: a crash, an exit or
+running out of memory there fails that call only (ABORTED, or the offload's
+MemoryError), and a call past its timeout stops its worker.  With ``"none"`` the
+offload runs on the engine thread itself; a Python thread that never returns cannot
+be killed, so an invocation past its timeout fails with DEADLINE_EXCEEDED and its
+task keeps its engine thread; the agent counts such "hung" tasks and refuses new
+invocations (RESOURCE_EXHAUSTED) while there are ``max_hung`` of them.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import contextlib
 import fcntl
 import hmac
 import json
-import math
 import os
 import signal
 import sys
@@ -41,6 +45,7 @@ from .client import SERVICE
 from .deployments import (
     DEFAULT_IMPORT_TIMEOUT_S,
     DEFAULT_MAX_MODULE_BYTES,
+    DEFAULT_MEMORY_BYTES,
     Deployment,
     DeploymentStore,
     ImportTimeoutError,
@@ -48,9 +53,20 @@ from .deployments import (
     UnknownDeploymentError,
     UnknownOffloadError,
 )
+from .isolation import (
+    DEADLINE,
+    ArgumentsError,
+    RemoteError,
+    WorkerDiedError,
+    WorkerPool,
+    WorkerStartError,
+)
+from .payloads import check_seconds, clip, decode_args, exception_text, result_json, shown, split_args
 from .security import TlsFiles, check_bind, ensure_token, split_address
+from .zygote import ZygoteError
 
 __all__ = [
+    "ISOLATION_MODES",
     "SERVICE",
     "Agent",
     "AgentConfig",
@@ -65,6 +81,10 @@ __all__ = [
 STATE_FILE = "agent.json"
 #: file in the data directory the running agent holds a lock on
 LOCK_FILE = "agent.lock"
+#: where offloads run: "process" (worker processes) or "none" (the agent's own engine threads)
+ISOLATION_MODES = ("process", "none")
+#: time past an invocation's deadline allowed for stopping its worker and answering
+_STOP_MARGIN_S = 5.0
 
 
 class OffloadAbortedError(DpdpuError, RuntimeError):
@@ -99,48 +119,25 @@ class AgentConfig:
     max_message_bytes: int = 256 << 20
     #: how long a shutdown lets in-flight calls finish
     grace_s: float = 10.0
+    #: "process": offloads run in worker processes; "none": on the agent's engine threads
+    isolation: str = "process"
+    #: memory limit of each worker (and import check) process, in bytes (0: none)
+    worker_memory_bytes: int = DEFAULT_MEMORY_BYTES
 
 
-# --- argument and result encoding ------------------------------------------------------
-
-
-def decode_args(args_json: str, payload: bytes | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Positional and keyword arguments of an invocation (see ``InvokeRequest``)."""
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = {}
-    if args_json:
-        try:
-            value = json.loads(args_json)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"arguments are not valid JSON: {exc}") from None
-        if isinstance(value, list):
-            args = tuple(value)
-        elif isinstance(value, dict):
-            kwargs = value
-        else:
-            args = (value,)
-    if payload is not None:
-        args = (payload, *args)
-    return args, kwargs
-
-
-def _json_default(value: Any) -> Any:
-    # numpy scalars and arrays, Arrow arrays: their plain Python form.
-    tolist = getattr(value, "tolist", None) or getattr(value, "to_pylist", None)
-    if tolist is not None:
-        return tolist()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+# --- result encoding -------------------------------------------------------------------
 
 
 def encode_result(value: Any, reply: Any) -> None:
-    """Put an offload's result into an ``InvokeReply``: bytes-like as bytes, the rest as JSON."""
+    """Put an offload's result into an ``InvokeReply``: bytes-like as bytes, the rest as JSON.
+
+    Raises ValueError when the value cannot be encoded.
+    """
     if isinstance(value, (bytes, bytearray, memoryview)):
         reply.result_bytes = bytes(value)
         reply.is_bytes = True
     else:
-        reply.result_json = json.dumps(value, default=_json_default)
+        reply.result_json = result_json(value)
 
 
 # --- authentication --------------------------------------------------------------------
@@ -172,6 +169,9 @@ class _TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 _STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ModuleTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TooManyHungError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (WorkerDiedError, grpc.StatusCode.ABORTED),
+    (WorkerStartError, grpc.StatusCode.UNAVAILABLE),
+    (ZygoteError, grpc.StatusCode.UNAVAILABLE),
     (UnknownDeploymentError, grpc.StatusCode.NOT_FOUND),
     (UnknownOffloadError, grpc.StatusCode.NOT_FOUND),
     (RuntimeClosedError, grpc.StatusCode.UNAVAILABLE),
@@ -212,9 +212,22 @@ class Agent:
         self.host = host
         self.workers = config.workers or max(8, os.cpu_count() or 1)
         self.max_hung = config.max_hung if config.max_hung is not None else max(1, self.workers // 2)
+        if config.isolation not in ISOLATION_MODES:
+            modes = ", ".join(ISOLATION_MODES)
+            raise InvalidArgumentError(f"isolation must be one of {modes}, not {shown(config.isolation)}")
+        # One worker process per engine thread at most: a call holds both while it runs.
+        self.pool: WorkerPool | None = None
+        if config.isolation == "process":
+            self.pool = WorkerPool(
+                device=config.device, policy=config.policy, size=self.workers, memory_bytes=config.worker_memory_bytes,
+                max_message_bytes=config.max_message_bytes, import_timeout_s=config.import_timeout_s,
+                invoke_timeout_s=config.invoke_timeout_s,
+            )  # fmt: skip
         self.store = DeploymentStore(
-            self.data_dir, max_module_bytes=config.max_module_bytes, import_timeout_s=config.import_timeout_s
-        )
+            self.data_dir, max_module_bytes=config.max_module_bytes, import_timeout_s=config.import_timeout_s,
+            memory_bytes=config.worker_memory_bytes, load=self.pool.loader() if self.pool is not None else None,
+            unload=self.pool.unload if self.pool is not None else None,
+        )  # fmt: skip
         self.runtime: Runtime | None = None
         self.port = 0
         self.flight: Any = None
@@ -243,10 +256,14 @@ class Agent:
             self._unlock_data_dir()
             raise
         try:
+            if self.pool is not None:
+                self.pool.start()
             self.restore_problems = self.store.restore()
             self._start_grpc()
             self._start_flight()
         except BaseException:
+            if self.pool is not None:
+                self.pool.close()
             self.runtime.shutdown(wait=False)
             if self._server is not None:
                 self._server.stop(None)
@@ -309,11 +326,14 @@ class Agent:
             return
         tls = self.config.tls.load() if self.config.tls is not None else None
         scheme = "grpc+tls" if tls is not None else "grpc"
+        # The endpoint serves from its construction.  Not through pyarrow's serve(): that
+        # takes over SIGTERM and SIGINT whenever Python handles them, and on a signal waits
+        # for the Flight calls in progress (an offload's whole run) before the agent hears of it.
         self.flight = FlightEndpoint(
             f"{scheme}://{self._url_host()}:{self.config.flight_port}",
             runtime=self.runtime, data_dir=self.data_dir / "flight", token=self.token, tls=tls,
             actions={"offloads": self._flight_offloads, "invoke": self._flight_invoke},
-        ).serve_background()  # fmt: skip
+        )  # fmt: skip
 
     def _url_host(self) -> str:
         return f"[{self.host}]" if ":" in self.host else self.host
@@ -375,6 +395,8 @@ class Agent:
             closer.start()
             closer.join(max(0.1, deadline - time.monotonic()))
             self.flight = None
+        if self.pool is not None:
+            self.pool.close()  # offloads still running past the grace are stopped with their workers
         if self.runtime is not None:
             if self.busy:
                 # Closing the device waits for the tasks on it even without ``wait``, and
@@ -430,18 +452,27 @@ class Agent:
             self._in_flight += 1
             self._invocations += 1
         try:
-            future = runtime.submit(fn, *args, **kwargs)
+            # A worker offload's task reads its deadline from its context (copied at submit).
+            token = DEADLINE.set(time.monotonic() + timeout)
             try:
-                return future.result(timeout), future.placement
-            except (TimeoutError, concurrent.futures.TimeoutError):
+                future = runtime.submit(fn, *args, **kwargs)
+            finally:
+                DEADLINE.reset(token)
+            # A worker offload's task ends at the deadline itself (stopping its worker): let it say so.
+            wait = timeout + _STOP_MARGIN_S if self.pool is not None else timeout
+            try:
+                return future.result(wait), future.placement
+            except (TimeoutError, concurrent.futures.TimeoutError) as exc:
                 if not future.done():
                     self._mark_hung(future)
-                raise TimeoutError(f"offload {offload} did not finish within {timeout:g} s") from None
+                # A worker offload says what became of the call (its worker stopped, or none was free).
+                why = f"; {exc}" if self.pool is not None and future.done() and str(exc) else ""
+                raise TimeoutError(f"offload {offload} did not finish within {timeout:g} s{why}") from None
             except Exception:
                 raise
             except BaseException as exc:
                 # SystemExit or KeyboardInterrupt raised by the offload fail that call, not this thread.
-                raise OffloadAbortedError(f"{type(exc).__name__}: {exc}") from None
+                raise OffloadAbortedError(exception_text(exc)) from None
         except BaseException:
             with self._lock:
                 self._failures += 1
@@ -478,7 +509,7 @@ class Agent:
             {
                 name: grpc.unary_unary_rpc_method_handler(
                     _guarded(fn),
-                    request_deserializer=request.FromString,
+                    request_deserializer=_parser(request),
                     response_serializer=lambda reply: reply.SerializeToString(),
                 )
                 for name, (fn, request) in methods.items()
@@ -497,7 +528,7 @@ class Agent:
 
     def _invoke(self, request: Any, context: grpc.ServicerContext) -> Any:
         args, kwargs = decode_args(request.args_json, request.payload if request.has_payload else None)
-        timeout: float | None = request.timeout_s or None
+        timeout: float | None = check_seconds(request.timeout_s, "timeout_s") or None
         remaining = context.time_remaining()
         if remaining is not None:
             # Answer before the caller's deadline, with our own message.
@@ -506,23 +537,26 @@ class Agent:
         reply = pb.InvokeReply()
         try:
             value, placement = self._run(request.offload, args, kwargs, timeout)
-        except DpdpuError as exc:
-            if isinstance(exc, (UnknownOffloadError, TooManyHungError, RuntimeClosedError)):
-                raise
-            failure = (grpc.StatusCode.UNKNOWN, f"offload {request.offload} failed: {type(exc).__name__}: {exc}")
-        except TimeoutError as exc:
-            failure = (grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        except (
+            UnknownOffloadError,
+            TooManyHungError,
+            RuntimeClosedError,
+            WorkerStartError,
+            ZygoteError,
+            ArgumentsError,
+        ):
+            raise  # refused before running: _guarded gives their status
         except Exception as exc:
-            failure = (grpc.StatusCode.UNKNOWN, f"offload {request.offload} raised {type(exc).__name__}: {exc}")
+            failure = _failure(request.offload, exc, self._memory_bytes)
         if failure is None:
             try:
                 encode_result(value, reply)
-            except (TypeError, ValueError) as exc:
+            except ValueError as exc:
                 with self._lock:
                     self._failures += 1
                 failure = (grpc.StatusCode.UNKNOWN, f"result of {request.offload} cannot be sent: {exc}")
         if failure is not None:
-            context.abort(*failure)
+            context.abort(failure[0], clip(failure[1]))
         reply.engine = placement.engine
         if placement.wall_s is not None:
             reply.wall_s = placement.wall_s
@@ -549,7 +583,9 @@ class Agent:
             device=stats.device, uptime_s=time.monotonic() - self._t0, modeled_s=stats.modeled_s, tasks=stats.tasks,
             errors=stats.errors, pcie_bytes=stats.pcie_bytes, invocations=self._invocations,
             invocation_failures=self._failures, in_flight=self._in_flight, hung=self._hung,
-            deployments=len(self.store),
+            deployments=len(self.store), isolation=self.config.isolation,
+            worker_processes=self.pool.processes if self.pool is not None else 0,
+            worker_restarts=self.pool.restarts if self.pool is not None else 0,
         )  # fmt: skip
         offloaded_s = 0.0
         for dev in runtime.devices:
@@ -593,8 +629,13 @@ class Agent:
         )  # fmt: skip
 
     def _shutdown(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.request_stop(request.grace_s if request.grace_s > 0 else None)
+        grace = check_seconds(request.grace_s, "grace_s")
+        self.request_stop(grace if grace > 0 else None)
         return pb.ShutdownReply()
+
+    @property
+    def _memory_bytes(self) -> int:
+        return self.pool.memory_bytes if self.pool is not None else 0
 
     def _runtime(self) -> Runtime:
         if self.runtime is None:
@@ -619,34 +660,58 @@ class Agent:
         try:
             if isinstance(body, str):
                 body = json.loads(body or "{}")
-        except ValueError as exc:
-            raise pa.ArrowInvalid(f"body of invoke is not valid JSON: {exc}") from None
+        except ValueError:
+            raise pa.ArrowInvalid("body of invoke is not valid JSON") from None
+        except RecursionError:
+            raise pa.ArrowInvalid("body of invoke is nested too deeply") from None
         if not isinstance(body, dict) or not isinstance(body.get("offload"), str):
             raise pa.ArrowInvalid('invoke takes {"offload": NAME, "args": [...] | {...}, "timeout_s": S}')
         offload: str = body["offload"]
         timeout = body.get("timeout_s")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout)
-            or timeout < 0
-        ):  # fmt: skip
-            raise pa.ArrowInvalid(f"timeout_s must be a number of seconds (0 or null: the agent's), not {timeout!r}")
-        args, kwargs = decode_args(json.dumps(body.get("args", [])), None)
         try:
-            value = self.invoke(offload, args, kwargs, float(timeout) if timeout is not None else None)
+            seconds = check_seconds(timeout, "timeout_s") if timeout is not None else None
+        except InvalidArgumentError as exc:
+            raise pa.ArrowInvalid(f"{exc} (0 or null: the agent's)") from None
+        args, kwargs = split_args(body.get("args", []))
+        try:
+            value = self.invoke(offload, args, kwargs, seconds)
         except Exception as exc:
-            raise _flight_failure(offload, exc) from None
+            raise _flight_failure(offload, exc, self._memory_bytes) from None
         if isinstance(value, (bytes, bytearray, memoryview)):
             return {"bytes_base64": base64.b64encode(value).decode()}
         try:
             # The endpoint encodes with plain json: numpy and Arrow values go through ours first.
-            return json.loads(json.dumps(value, default=_json_default))
-        except (TypeError, ValueError) as exc:
+            return json.loads(result_json(value))
+        except (ValueError, RecursionError) as exc:
             with self._lock:
                 self._failures += 1
-            raise flight.FlightServerError(f"result of {offload} cannot be sent: {exc}") from None
+            raise flight.FlightServerError(clip(f"result of {offload} cannot be sent: {exc}")) from None
 
 
-def _flight_failure(offload: str, exc: Exception) -> Exception:
+def _failure(offload: str, exc: Exception, memory_bytes: int = 0) -> tuple[grpc.StatusCode, str]:
+    """The status and message of an invocation that ran and failed (Flight maps the status on)."""
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+    if isinstance(exc, WorkerDiedError):
+        return grpc.StatusCode.ABORTED, (
+            f"offload {offload} ended its worker process ({exc.status_text}); the call failed and the worker "
+            "was replaced"
+        )
+    if isinstance(exc, RemoteError):
+        if exc.stage == "result":
+            return grpc.StatusCode.UNKNOWN, f"result of {offload} cannot be sent: {exc.message}"
+        if exc.stage == "load":
+            return grpc.StatusCode.UNKNOWN, f"offload {offload} could not be loaded in its worker: {exc.message}"
+        note = ""
+        if exc.recycled and memory_bytes:
+            note = f" (each worker process may use {_size_text(memory_bytes)}; this one was replaced)"
+        return grpc.StatusCode.UNKNOWN, f"offload {offload} raised {clip(str(exc), 400)}{note}"
+    if isinstance(exc, DpdpuError):
+        return grpc.StatusCode.UNKNOWN, f"offload {offload} failed: {exception_text(exc)}"
+    return grpc.StatusCode.UNKNOWN, f"offload {offload} raised {exception_text(exc)}"
+
+
+def _flight_failure(offload: str, exc: Exception, memory_bytes: int = 0) -> Exception:
     """The Flight error for a failed invocation, with the status Invoke's gRPC reply would have.
 
     Built here rather than left to the endpoint's mapping, which maps by exception
@@ -658,15 +723,16 @@ def _flight_failure(offload: str, exc: Exception) -> Exception:
 
     out: Exception
     if isinstance(exc, UnknownOffloadError):
-        out = pa.ArrowKeyError(str(exc))  # NOT_FOUND
-    elif isinstance(exc, (TooManyHungError, RuntimeClosedError)):
-        out = flight.FlightUnavailableError(str(exc))
-    elif isinstance(exc, TimeoutError):
-        out = flight.FlightTimedOutError(str(exc))
-    elif isinstance(exc, DpdpuError):
-        out = flight.FlightServerError(f"offload {offload} failed: {type(exc).__name__}: {exc}")
+        out = pa.ArrowKeyError(clip(str(exc)))  # NOT_FOUND
+        return out
+    if isinstance(exc, InvalidArgumentError):
+        out = pa.ArrowInvalid(clip(str(exc)))
+    elif isinstance(exc, (TooManyHungError, RuntimeClosedError, WorkerStartError, ZygoteError)):
+        out = flight.FlightUnavailableError(clip(str(exc)))
     else:
-        out = flight.FlightServerError(f"offload {offload} raised {type(exc).__name__}: {exc}")
+        code, message = _failure(offload, exc, memory_bytes)
+        timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED
+        out = (flight.FlightTimedOutError if timed_out else flight.FlightServerError)(clip(message))
     return out
 
 
@@ -675,17 +741,40 @@ def _quietly(fn: Callable[[], object]) -> None:
         fn()
 
 
+class _Unreadable:
+    """What a request that is not a valid message of its method parses to."""
+
+
+def _parser(message: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except Exception:  # protobuf's DecodeError and friends: the request is bad, not the agent
+            return _Unreadable()
+
+    return parse
+
+
 def _guarded(fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
-    """Turn refusals (dpdpu errors) into their gRPC status; the agent keeps serving."""
+    """Turn refusals (dpdpu errors) into their gRPC status, with a short message; the agent keeps serving."""
 
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Unreadable):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid message of its method")
         try:
             return fn(request, context)
         except DpdpuError as exc:
             code, message = _status_of(exc), str(exc)
-        context.abort(code, message)
+        context.abort(code, clip(message))
 
     return handler
+
+
+def _size_text(nbytes: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= scale and nbytes % scale == 0:
+            return f"{nbytes // scale} {unit}"
+    return f"{nbytes} bytes"
 
 
 # --- the process -----------------------------------------------------------------------

@@ -130,7 +130,9 @@ class _Wait:
             self.deadline = None
             self.first = 0
         else:
-            raise errors.InvalidArgumentError(f"timeout must be None or at least 0 seconds, got {timeout!r}")
+            raise errors.InvalidArgumentError(
+                f"timeout must be None or at least 0 seconds, got {errors.brief(timeout)}"
+            )
 
     def again(self, rc: int) -> int:
         """The next slice after a native call that returned ``rc``; 0 when the call is over."""
@@ -140,6 +142,14 @@ class _Wait:
             return _SLICE_US
         left = self.deadline - time.monotonic()
         return max(1, min(_SLICE_US, int(left * 1e6))) if left > 0 else 0
+
+    def more(self) -> int:
+        """The timeout of a further native call after one that succeeded: what is left, in a slice."""
+        if self.first == 0:
+            return 0
+        if self.deadline is None:
+            return _SLICE_US
+        return max(1, min(_SLICE_US, int((self.deadline - time.monotonic()) * 1e6)))
 
 
 def _shm_path(name: str) -> str:
@@ -154,7 +164,7 @@ def _check_name(name: str) -> None:
         valid = "/" not in name and name not in (".", "..")
     if not valid:
         raise errors.InvalidArgumentError(
-            f"invalid channel name {name!r}: use 1 to {lib.DPDPU_RING_NAME_MAX} characters without '/', "
+            f"invalid channel name {errors.brief(name)}: use 1 to {lib.DPDPU_RING_NAME_MAX} characters without '/', "
             "or an absolute file path"
         )
 
@@ -162,7 +172,7 @@ def _check_name(name: str) -> None:
 def _check_capacity(capacity: int) -> None:
     if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 < capacity <= lib.DPDPU_RING_MAX_CAPACITY:
         raise errors.InvalidArgumentError(
-            f"capacity must be an int within 1..{lib.DPDPU_RING_MAX_CAPACITY} bytes, got {capacity!r}"
+            f"capacity must be an int within 1..{lib.DPDPU_RING_MAX_CAPACITY} bytes, got {errors.brief(capacity)}"
         )
 
 
@@ -243,7 +253,7 @@ class Channel:
         self._max_message = int(raw.max_message)
         if spin_us is not None and lib.dpdpu_ring_set_spin(handle, spin_us) != 0:
             self._finalizer()
-            raise errors.InvalidArgumentError(f"spin_us must be within 0..1000000, got {spin_us!r}")
+            raise errors.InvalidArgumentError(f"spin_us must be within 0..1000000, got {errors.brief(spin_us)}")
         self._len_out = ffi.new("uint64_t *")
         self._count_out = ffi.new("uint32_t *")
         self._view = ffi.new("struct dpdpu_ring_view *")
@@ -286,7 +296,7 @@ class Channel:
             InvalidArgumentError: a bad argument, or the name exists already.
         """
         if role not in ("sender", "receiver"):
-            raise errors.InvalidArgumentError(f"role must be 'sender' or 'receiver', got {role!r}")
+            raise errors.InvalidArgumentError(f"role must be 'sender' or 'receiver', got {errors.brief(role)}")
         _check_capacity(capacity)
         name = _fresh_name() if name is None else name
         _check_name(name)
@@ -592,7 +602,7 @@ class Channel:
         cbuf = _as_cbuffer(data)
         n = len(cbuf)
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0):
-            raise errors.InvalidArgumentError(f"chunk must be a positive int, got {chunk!r}")
+            raise errors.InvalidArgumentError(f"chunk must be a positive int, got {errors.brief(chunk)}")
         done = ffi.new("uint64_t *")
         with self._lock:
             self._enter("send_bulk", "sender")
@@ -643,11 +653,35 @@ class Channel:
                     data: bytes = ffi.buffer(view.data, view.len)[:]
                     lib.dpdpu_ring_release(self._h)
                     return data
-                total = int(view.total)
                 lib.dpdpu_ring_rewind(self._h)
-            out = bytearray(total)
-            self._recv_into_locked(out, wait, timeout, "recv")
-            return bytes(out)
+            return self._recv_pieces_locked(wait, timeout, "recv")
+
+    def _recv_pieces_locked(self, wait: _Wait, timeout: float | None, op: str) -> bytes:
+        """The next message (or the rest of a bulk message a timeout interrupted), grown piece by
+        piece as it arrives: the memory it takes follows the bytes the sender really sent, never
+        the length a bulk message declares up front (the sender is another process)."""
+        out = bytearray()
+        if self._partial is not None:
+            done = self._partial_state()[1]
+            out += memoryview(self._partial).cast("B")[:done]
+        view = self._view
+        step = wait.first
+        while True:
+            rc = lib.dpdpu_ring_peek(self._h, view, step)
+            if rc == 0:
+                out += ffi.buffer(view.data, view.len)
+                lib.dpdpu_ring_release(self._h)
+                if view.flags & lib.DPDPU_RING_VIEW_LAST:
+                    self._partial = None
+                    return bytes(out)
+                step = wait.more()
+                continue
+            if not (step := wait.again(rc)):
+                break
+        if rc in (lib.DPDPU_ERR_TRUNCATED_DATA, lib.DPDPU_ERR_CORRUPT_DATA):
+            lib.dpdpu_ring_release(self._h)  # step over what was bad, as a receive into a buffer does
+        self._partial = out if self._partial_state()[0] else None
+        raise self._error(rc, op, timeout=timeout)
 
     def recv_into(self, buffer: Any, timeout: float | None = None) -> int:
         """Receive the next message into a writable bytes-like object; return its length.
@@ -728,15 +762,12 @@ class Channel:
             QueueFullError, RuntimeClosedError, TruncatedDataError: as :meth:`recv`.
         """
         if isinstance(max, bool) or not isinstance(max, int) or max <= 0:
-            raise errors.InvalidArgumentError(f"max must be a positive int, got {max!r}")
+            raise errors.InvalidArgumentError(f"max must be a positive int, got {errors.brief(max)}")
         wait = _Wait(timeout)
         with self._lock:
             self._enter("recv_many", "receiver")
-            total = self._partial_total()
-            if total is not None:
-                out = bytearray(total)
-                self._recv_into_locked(out, wait, timeout, "recv_many")
-                return [bytes(out)]
+            if self._partial_total() is not None:
+                return [self._recv_pieces_locked(wait, timeout, "recv_many")]
             if self._scratch is None:
                 self._scratch_c = ffi.new("char[]", min(_SCRATCH_BYTES, self._max_message))
                 self._scratch = ffi.buffer(self._scratch_c)
@@ -751,9 +782,7 @@ class Channel:
                 if not (step := wait.again(rc)):
                     break
             if rc == lib.DPDPU_ERR_BUFFER_TOO_SMALL:
-                out = bytearray(int(lens[0]))
-                self._recv_into_locked(out, wait, timeout, "recv_many")
-                return [bytes(out)]
+                return [self._recv_pieces_locked(wait, timeout, "recv_many")]
             if rc:
                 raise self._error(rc, "recv_many", timeout=timeout)
             self._partial = None

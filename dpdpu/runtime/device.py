@@ -29,6 +29,7 @@ __all__ = [
     "DeviceBuffer",
     "EngineInfo",
     "EngineStats",
+    "OutputBudget",
     "Refusal",
     "Task",
 ]
@@ -99,6 +100,9 @@ class Task:
     copied.  With ``dst`` unset, the device allocates ``dst_size`` bytes.
     ``convert(result, output)`` turns the native result (bytes written or a
     checksum) and a view of the output into the value the future returns.
+    A ``metered`` task's ``fn`` makes output of a size known only as it goes
+    (a decompression); the device passes it an :class:`OutputBudget` as its
+    last argument.
     """
 
     op: str
@@ -114,16 +118,42 @@ class Task:
     nbytes: int = 0
     out_hint: int = 0
     grow_output: bool = False
+    metered: bool = False
     convert: Callable[[int, memoryview | None], Any] | None = None
     #: context vars a Python task runs under (the runtime sets its own as current)
     context: contextvars.Context | None = None
     #: objects the native task reads through raw addresses (kept alive until it completes)
     keep: Any = None
+    #: a Python task that only waits for work done elsewhere (another process): run it on
+    #: the submitting thread when its engine has nothing queued, as a hand-off to a worker
+    #: thread would only add wake-ups (set from the callable's ``__dpdpu_inline__``)
+    inline: bool = False
 
     @property
     def label(self) -> str:
         """What to call the task in messages and explanations."""
         return self.name or self.op
+
+
+class OutputBudget:
+    """Room for the output of a metered task, booked piece by piece where it runs.
+
+    ``limit`` is the most bytes an output of unknown size may reach there
+    (device memory still free, and what the machine can spare); the task calls
+    :meth:`charge` with each piece it makes, which books it against device
+    memory (``DeviceMemoryError`` when that much is not free).  The device
+    releases everything when the task ends, as the core does for a task's
+    buffers.  This base class books nothing.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def charge(self, piece: Any) -> None:
+        """Book ``piece``, a bytes-like object of output just made, as held by the task."""
+
+    def release(self) -> None:
+        """Give back everything booked."""
 
 
 @dataclass(frozen=True)

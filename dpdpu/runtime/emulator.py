@@ -18,8 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from .. import errors
+from . import host_memory
 from .cost import PYTHON_PRIOR_S, Timeline
-from .device import Device, DeviceBuffer, EngineInfo, EngineStats, Refusal, Task, data_location, payload_nbytes
+from .device import (
+    Device,
+    DeviceBuffer,
+    EngineInfo,
+    EngineStats,
+    OutputBudget,
+    Refusal,
+    Task,
+    data_location,
+    payload_nbytes,
+)
 from .future import TaskFuture
 from .model import DEFAULT_COALESCING, Coalescing, DeviceModel
 from .native import (
@@ -55,6 +66,8 @@ _LEARNED_RATIOS = frozenset(
 #: the rest (callbacks, as_completed, await) wait at most this long, and no
 #: task costs the progress thread a wake-up (and the caller a GIL contest).
 _POLL_INTERVAL_S = 200e-6
+#: Outputs up to this size skip asking the kernel how much memory the machine has free.
+_SMALL_OUTPUT = 64 << 20
 
 _uids = itertools.count(1)
 _raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
@@ -62,6 +75,7 @@ _worker = threading.local()
 _OK = int(lib.DPDPU_OK)
 _ERR_CALLBACK = int(lib.DPDPU_ERR_CALLBACK)
 _ERR_TOO_SMALL = int(lib.DPDPU_ERR_BUFFER_TOO_SMALL)
+_ERR_TOO_LARGE = int(lib.DPDPU_ERR_TOO_LARGE)
 
 
 def in_worker() -> bool:
@@ -85,6 +99,24 @@ class _Record:
         self.value: Any = None
         self.exc: BaseException | None = None
         self.py_wall = 0.0
+
+
+class _HeldOutput(OutputBudget):
+    """A metered task's output on an on-device engine: each piece is held as device memory."""
+
+    def __init__(self, limit: int, native: NativeDevice) -> None:
+        super().__init__(limit)
+        self._native = native
+        self._held: list[Any] = []
+
+    def charge(self, piece: Any) -> None:
+        if len(piece):
+            self._held.append(self._native.hold(piece))
+
+    def release(self) -> None:
+        for handle in self._held:
+            ffi.release(handle)
+        self._held.clear()
 
 
 class EmulatorDevice(Device):
@@ -111,7 +143,11 @@ class EmulatorDevice(Device):
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
-            raise errors.InvalidArgumentError(f"workers must be an integer from 1 to 256, not {workers!r}")
+            raise errors.InvalidArgumentError(f"workers must be an integer from 1 to 256, not {errors.brief(workers)}")
+        if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or not 0 <= queue_depth < 1 << 32:
+            raise errors.InvalidArgumentError(
+                f"queue_depth must be an integer from 0 (the default, 1024) to 2**32-1, not {errors.brief(queue_depth)}"
+            )
         self.profile = profile
         self.label = profile.name
         self.workers = workers
@@ -127,6 +163,9 @@ class EmulatorDevice(Device):
         self._output_costs = {(e.name, op) for e in profile.engines for op, c in e.costs.items() if c.per_out_s > 0}
         self._records: dict[int, _Record] = {}
         self._submit_lock = threading.Lock()
+        # Inline Python tasks run outside the submit lock (they may take long); shutdown waits for them.
+        self._inline_running = 0
+        self._inline_done = threading.Condition(self._submit_lock)
         self._drain_lock = threading.Lock()
         self._state = "new"
         self._native: NativeDevice | None = None
@@ -173,6 +212,8 @@ class EmulatorDevice(Device):
                 self._state = "closed"
                 return
             self._state = "stopping"
+            while self._inline_running:
+                self._inline_done.wait()
         assert self._native is not None and self._pe is not None and self._thread is not None
         self._native.close(drain=wait)
         self._pe.kick()
@@ -215,9 +256,17 @@ class EmulatorDevice(Device):
 
     def _footprint(self, task: Task) -> int:
         total = 0 if isinstance(task.src, DeviceBuffer) else payload_nbytes(task.src)
-        if task.op in _NEEDS_DST and not isinstance(task.dst, DeviceBuffer):
+        if (task.op in _NEEDS_DST or task.metered) and not isinstance(task.dst, DeviceBuffer):
             total += payload_nbytes(task.dst) if task.dst is not None else task.dst_size
         return total
+
+    def output_room(self, engine: EngineInfo) -> int:
+        """Most bytes of output of unknown size a task may make on ``engine`` now: the device
+        memory still free (on-device engines), and a quarter of what this machine has available."""
+        room = host_memory.available() // 4
+        if engine.on_device and self._native is not None:
+            room = min(room, int(self.profile.memory.value) - self._native.memory_used)
+        return max(room, 0)
 
     def can_run(self, task: Task, engine: EngineInfo) -> Refusal | None:
         """None if ``engine`` can take ``task`` now, else why not."""
@@ -249,6 +298,11 @@ class EmulatorDevice(Device):
                 free = int(self.profile.memory.value) - self._native.memory_used
                 if need > free:
                     return Refusal("memory", f"needs {_size(need)} of device memory, {_size(max(free, 0))} free")
+        if task.dst is None and out > _SMALL_OUTPUT:
+            # Device memory is this machine's memory in the emulator, whatever the profile says.
+            room = host_memory.available()
+            if out > room:
+                return Refusal("memory", f"its {_size(out)} output exceeds the {_size(room)} this machine has free")
         return None
 
     def _host_seconds(self, task: Task) -> float | None:
@@ -332,7 +386,12 @@ class EmulatorDevice(Device):
                 size = task.dst_size
                 if task.grow_output and engine.max_job_bytes is not None:
                     size = min(size, engine.max_job_bytes)
-                memory = _raw_alloc("char[]", max(size, 1))
+                try:
+                    memory = _raw_alloc("char[]", max(size, 1))
+                except (MemoryError, OverflowError):
+                    raise errors.DeviceMemoryError(
+                        f"cannot allocate its {size}-byte output", device=self.label, op=task.op
+                    ) from None
                 self.native.map_raw(ct, memory, size, dst=True)
                 rec.keep.append(memory)
             else:
@@ -360,38 +419,75 @@ class EmulatorDevice(Device):
                 rec.crosses = not _keeps_output(task, self.label)
             self._records[uid] = rec
             self._inflight[engine.index] += 1
+            outside = task.inline and task.op == "python"
+            if outside:
+                self._inline_running += 1
+            else:
+                try:
+                    assert self._pe is not None and self._native is not None
+                    inline = task.op in _INLINE_OPS and task.nbytes <= _INLINE_MAX_BYTES
+                    ran_inline = self._pe.submit(self._native, ct, op=task.op, inline=inline)
+                except BaseException:
+                    self._undo_submit(rec, timeline)
+                    raise
+        if outside:
+            # It runs for as long as the work it waits for: not under the lock (shutdown waits for it).
             try:
                 assert self._pe is not None and self._native is not None
-                inline = task.op in _INLINE_OPS and task.nbytes <= _INLINE_MAX_BYTES
-                ran_inline = self._pe.submit(self._native, ct, op=task.op, inline=inline)
+                ran_inline = self._pe.submit(self._native, ct, op=task.op, inline=True)
             except BaseException:
-                self._records.pop(uid, None)
-                self._inflight[engine.index] -= 1
-                unregister_callback(uid)
-                self.model.uncharge(engine, timeline)
+                with self._submit_lock:
+                    self._undo_submit(rec, timeline)
                 raise
+            finally:
+                with self._submit_lock:
+                    self._inline_running -= 1
+                    if not self._inline_running:
+                        self._inline_done.notify_all()
         if ran_inline:  # complete already, and never on the completion queue
             del self._records[uid]
             self._finish(rec, published=published)
+
+    def _undo_submit(self, rec: _Record, timeline: Any) -> None:
+        """Forget a charged record whose task the core refused (the caller holds the submit lock)."""
+        uid = rec.ctask.user_data
+        self._records.pop(uid, None)
+        self._inflight[rec.engine.index] -= 1
+        unregister_callback(uid)
+        self.model.uncharge(rec.engine, timeline)
+
+    def _budget(self, engine: EngineInfo) -> OutputBudget:
+        room = self.output_room(engine)
+        if engine.on_device and self._native is not None:
+            return _HeldOutput(room, self._native)
+        return OutputBudget(room)
 
     def _runner(self, rec: _Record, uid: int) -> Any:
         def run() -> int:
             task = rec.task
             assert task.fn is not None
+            outer = in_worker()  # an inline task may run inside another task
             _worker.active = True
             start = time.perf_counter()
+            budget = None
             try:
+                args = task.args
+                if task.metered:
+                    budget = self._budget(rec.engine)
+                    args = (*args, budget)
                 if task.context is None:
-                    rec.value = task.fn(*task.args, **(task.kwargs or {}))
+                    rec.value = task.fn(*args, **(task.kwargs or {}))
                 else:
-                    rec.value = task.context.run(task.fn, *task.args, **(task.kwargs or {}))
+                    rec.value = task.context.run(task.fn, *args, **(task.kwargs or {}))
                 return _OK
             except BaseException as exc:  # the task's failure, handed to its future
                 rec.exc = exc
                 return _ERR_CALLBACK
             finally:
+                if budget is not None:
+                    budget.release()
                 rec.py_wall = time.perf_counter() - start
-                _worker.active = False
+                _worker.active = outer
                 unregister_callback(uid)
 
         return run
@@ -502,8 +598,16 @@ class EmulatorDevice(Device):
                 return
             self._fail(rec, placement, err, f"raised {type(err).__name__}")
             return
+        if status == _ERR_TOO_LARGE and task.op == "deflate_decompress" and not task.grow_output:
+            # The core stopped measuring how far past the caller's output_size the stream goes at the
+            # engine's largest job: the caller's buffer is what is too small.
+            status = _ERR_TOO_SMALL
         detail = (
-            f"needs {int(ct.needed)} bytes, has {int(ct.dst.len)}" if status == _ERR_TOO_SMALL and ct.needed else None
+            f"needs {int(ct.needed)} bytes, has {int(ct.dst.len)}"
+            if status == _ERR_TOO_SMALL and ct.needed
+            else f"needs more than {int(ct.dst.len)} bytes"
+            if status == _ERR_TOO_SMALL
+            else None
         )
         err = error_for(status, device=self.label, engine=rec.engine.name, op=task.op, detail=detail)
         if isinstance(err, errors.BufferTooSmallError):
@@ -532,17 +636,25 @@ class EmulatorDevice(Device):
             op=task.op, src=task.src, dst=None, dst_size=needed, param=task.param, level=task.level,
             name=task.name, nbytes=task.nbytes, out_hint=needed, convert=task.convert,
         )  # fmt: skip
-        refusal = self.can_run(rerun, engine)
+        refusal = self._cannot_grow(rerun, engine)
         if refusal is not None:
-            other = next((e for e in self.engines if self.can_run(rerun, e) is None), None)
-            if other is None or placement.strict:
-                if refusal.kind != "too_large":
+            other = (
+                None
+                if placement.strict
+                else next((e for e in self.engines if self._cannot_grow(rerun, e) is None), None)
+            )
+            if other is None:
+                # Its output has no room where it may run: say so, rather than blame a buffer the caller never gave.
+                engines = [engine] if placement.strict else list(self.engines)
+                refusals = [(e, r) for e in engines if (r := self._cannot_grow(rerun, e)) is not None]
+                kind = next((k for k in ("memory", "too_large") if any(r.kind == k for _, r in refusals)), None)
+                if kind is None:
                     return False
-                err = errors.JobTooLargeError(
-                    f"the {_size(needed)} output does not fit {engine.label}: {refusal.reason}"
-                    + (" and fallback is forbidden" if placement.strict else ""),
-                    device=self.label,
-                    op=task.op,
+                cls = errors.DeviceMemoryError if kind == "memory" else errors.JobTooLargeError
+                reasons = "; ".join(f"{e.label}: {r.reason}" for e, r in refusals if r.kind == kind)
+                suffix = " and fallback is forbidden" if placement.strict else ""
+                err = cls(
+                    f"its {_size(needed)} output fits no engine: {reasons}{suffix}", device=self.label, op=task.op
                 )
                 self._fail(rec, placement, err)
                 return True
@@ -559,6 +671,13 @@ class EmulatorDevice(Device):
         except errors.DpdpuError as exc:
             self._fail(rec, placement, exc)
         return True
+
+    def _cannot_grow(self, rerun: Task, engine: EngineInfo) -> Refusal | None:
+        """Why ``engine`` cannot rerun a decompression at its exact output size, or None."""
+        room = self.output_room(engine)
+        if rerun.dst_size > room:
+            return Refusal("memory", f"{_size(room)} free for output of unknown size")
+        return self.can_run(rerun, engine)
 
     def _correct_python(self, rec: _Record, placement: Placement) -> None:
         """Replace the estimated run time of a Python task by the measured one."""

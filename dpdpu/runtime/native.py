@@ -297,7 +297,7 @@ class NativeDevice:
         accounting is released when the map is collected.
         """
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
-            raise errors.InvalidArgumentError(f"cannot allocate {nbytes!r} bytes", device=self.name)
+            raise errors.InvalidArgumentError(f"cannot allocate {errors.brief(nbytes)} bytes", device=self.name)
         capacity = self.memory_capacity
         if capacity is not None and nbytes > capacity - self.memory_used:
             # Refuse before allocating: the host may not have that much either.
@@ -314,6 +314,22 @@ class NativeDevice:
             detail=f"{nbytes} bytes requested",
         )
         return MemoryMap(ffi.gc(out[0], _destroy_mmap), memory, nbytes, True)
+
+    def hold(self, obj: Any) -> Any:
+        """Count the memory of bytes-like ``obj`` as device memory until the returned handle is
+        released (``ffi.release``) or collected; DeviceMemoryError if that much is not free.
+
+        For output made outside the core (a codec's) that the device holds
+        while a task runs; the caller keeps ``obj`` alive meanwhile.
+        """
+        cbuf = ffi.from_buffer(obj)
+        out = ffi.new("struct dpdpu_mmap **")
+        check(
+            lib.dpdpu_mmap_create(self._dev, cbuf, len(cbuf), lib.DPDPU_MMAP_DEVICE, out),
+            device=self.name,
+            detail=f"{len(cbuf)} bytes of output, {self.memory_used} in use",
+        )
+        return ffi.gc(out[0], _destroy_mmap)
 
     def close(self, *, drain: bool = True) -> None:
         """Stop the worker threads (running queued tasks first when ``drain``)."""

@@ -27,10 +27,7 @@ class OffloadFunction(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[P, R], *, engine: str | None, fallback: bool, name: str | None) -> None:
-        if engine is not None and engine not in FALLBACK_CHAIN:
-            raise errors.InvalidArgumentError(
-                f"unknown engine kind {engine!r}; choose one of {', '.join(FALLBACK_CHAIN)}"
-            )
+        _check_options(engine, fallback, name)
         functools.update_wrapper(self, fn)
         self.__wrapped__ = fn
         self.__dpdpu_offload__ = {"engine": engine, "fallback": fallback, "name": name or fn.__qualname__}
@@ -54,6 +51,17 @@ class OffloadFunction(Generic[P, R]):
         if obj is None:
             return self
         return functools.partial(self.__call__, obj)
+
+
+def _check_options(engine: Any, fallback: Any, name: Any) -> None:
+    if engine is not None and (not isinstance(engine, str) or engine not in FALLBACK_CHAIN):
+        raise errors.InvalidArgumentError(
+            f"unknown engine kind {errors.brief(engine)}; choose one of {', '.join(FALLBACK_CHAIN)}"
+        )
+    if not isinstance(fallback, bool):
+        raise errors.InvalidArgumentError(f"fallback must be True or False, not {errors.brief(fallback)}")
+    if name is not None and not isinstance(name, str):
+        raise errors.InvalidArgumentError(f"name must be a string or None, not {type(name).__name__}")
 
 
 @overload
@@ -85,8 +93,7 @@ def offload(
         name: name shown in explanations and statistics.
     """
 
-    if engine is not None and engine not in FALLBACK_CHAIN:
-        raise errors.InvalidArgumentError(f"unknown engine kind {engine!r}; choose one of {', '.join(FALLBACK_CHAIN)}")
+    _check_options(engine, fallback, name)
 
     def wrap(f: Callable[P, R]) -> OffloadFunction[P, R]:
         if not callable(f):

@@ -140,6 +140,12 @@ def place(
     or the name of one; a pinned ``engine`` -- a kind (``"arm"``) or a full
     label (``"bluefield3/arm"``) -- overrides it.
     """
+    if engine is not None and not isinstance(engine, str):
+        raise errors.InvalidArgumentError(
+            f"engine must be an engine kind or label (a string), not {type(engine).__name__}",
+            device=device.label,
+            op=task.op,
+        )
     if engine is None and host is None and len(device.engines) == 1:
         # One engine, nothing to choose: skip the comparison (the common host-only case).
         info = device.engines[0]

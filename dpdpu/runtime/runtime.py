@@ -90,7 +90,8 @@ def python_task(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
             with contextlib.suppress(TypeError):
                 nbytes += memoryview(value).nbytes
     label = name or getattr(fn, "__qualname__", None) or type(fn).__name__
-    return Task(op="python", fn=fn, args=args, kwargs=kwargs, name=label, nbytes=nbytes)
+    inline = getattr(fn, "__dpdpu_inline__", False) is True
+    return Task(op="python", fn=fn, args=args, kwargs=kwargs, name=label, nbytes=nbytes, inline=inline)
 
 
 class Runtime:
@@ -236,8 +237,14 @@ class Runtime:
                 fallback=fallback,
                 policy=policy or self.placement_policy,
             )
+            if not task.inline:
+                future = dev.submit(task, info, arrival, placement)
+                self._decisions[task.op, info.label] += 1
+        if task.inline:
+            # It may run right here for as long as the work it waits for: not under the lock.
             future = dev.submit(task, info, arrival, placement)
-            self._decisions[task.op, info.label] += 1
+            with self._lock:
+                self._decisions[task.op, info.label] += 1
         future._observer = self._observe
         return future
 
@@ -260,7 +267,7 @@ class Runtime:
         """
         if not any(e.label == engine for d in self.devices for e in d.engines):
             labels = ", ".join(e.label for d in self.devices for e in d.engines)
-            raise errors.InvalidArgumentError(f"no engine {engine!r}; this runtime has {labels}")
+            raise errors.InvalidArgumentError(f"no engine {errors.brief(engine)}; this runtime has {labels}")
         token = _pinned.set(engine)
         try:
             yield

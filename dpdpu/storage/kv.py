@@ -48,7 +48,9 @@ holding a non-finite value (inf, NaN) is kept raw instead, since one such value
 would spoil its channel's scale.  The error is in :meth:`KvStore.stats`: the
 largest over every chunk the store holds or held, the ones found on disk at
 open included (each disk chunk records its own).  Disk chunks carry CRC-32C
-checksums: a corrupt chunk is a miss, and is dropped.  Each store
+checksums: a corrupt chunk (or one whose header, checksum or not, describes
+anything but this store's chunks) is a miss, and is dropped; a directory
+found among the chunk files is left alone and counted (``ignored_entries``).  Each store
 configuration (model qualification, chunk size, lossless or ``int8``) keeps its
 chunks in a directory of its own (:mod:`dpdpu.storage.kv_disk`), so several
 models share a data directory without touching each other's chunks, and a
@@ -163,16 +165,20 @@ class KvStore:
         if not isinstance(model, ModelShape):
             raise errors.InvalidArgumentError(f"model must be a ModelShape, not {type(model).__name__}")
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens <= 0:
-            raise errors.InvalidArgumentError(f"chunk_tokens must be a positive integer, not {chunk_tokens!r}")
+            raise errors.InvalidArgumentError(
+                f"chunk_tokens must be a positive integer, not {errors.brief(chunk_tokens)}"
+            )
         for name, codec in (("dram_codec", dram_codec), ("disk_codec", disk_codec)):
             if codec is not None and codec not in CODECS:
-                raise errors.InvalidArgumentError(f"{name} must be one of {', '.join(CODECS)} or None, not {codec!r}")
+                raise errors.InvalidArgumentError(
+                    f"{name} must be one of {', '.join(CODECS)} or None, not {errors.brief(codec)}"
+                )
         if quantize not in (None, "int8"):
-            raise errors.InvalidArgumentError(f"quantize must be None or 'int8', not {quantize!r}")
+            raise errors.InvalidArgumentError(f"quantize must be None or 'int8', not {errors.brief(quantize)}")
         if isinstance(max_staged, bool) or not isinstance(max_staged, int) or max_staged <= 0:
-            raise errors.InvalidArgumentError(f"max_staged must be a positive integer, not {max_staged!r}")
+            raise errors.InvalidArgumentError(f"max_staged must be a positive integer, not {errors.brief(max_staged)}")
         if data_dir is not None and (isinstance(disk_bytes, bool) or int(disk_bytes) <= 0):
-            raise errors.InvalidArgumentError(f"disk_bytes must be positive, not {disk_bytes!r}")
+            raise errors.InvalidArgumentError(f"disk_bytes must be positive, not {errors.brief(disk_bytes)}")
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.runtime = runtime
@@ -210,8 +216,9 @@ class KvStore:
             self._disk_tier = DiskTier(
                 data_dir, model, self.disk_capacity, profile, chunk_tokens, root=self._root, rep=self.rep
             )
-            found, bad = self._disk_tier.scan()
+            found, bad, ignored = self._disk_tier.scan()
             self._counters["corrupt_dropped"] += bad
+            self._counters["ignored_entries"] += ignored
             for chunk in found:
                 if self._disk_used + chunk.footprint > self.disk_capacity:
                     # Opened with less room than before: this store's own chunks beyond it go.
@@ -435,7 +442,7 @@ class KvStore:
         if not keys:
             return 0
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.model.layers:
-            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {layer!r}")
+            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {errors.brief(layer)}")
         n = len(arr_tokens)
         full = len(keys) * self.chunk_tokens
         one = self._as_kv_layer(kv_layer, n)
@@ -636,7 +643,7 @@ class KvStore:
         """
         self._check_open()
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.model.layers:
-            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {layer!r}")
+            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {errors.brief(layer)}")
         keys = self.keys(tokens)
         plan = self._plan(keys)
         c = self.chunk_tokens
@@ -824,7 +831,9 @@ class KvStore:
                     "evictions": c.get(f"{tier}_evictions", 0),
                 }
             out[_DISK]["written_bytes"] = c.get("disk_bytes_written", 0)
-            for key in ("stored_chunks", "demotions", "demotions_dropped", "promotions", "corrupt_dropped"):
+            for key in (
+                "stored_chunks", "demotions", "demotions_dropped", "promotions", "corrupt_dropped", "ignored_entries",
+            ):  # fmt: skip
                 out[key] = c.get(key, 0)
             out["prefetched_chunks"] = c.get("prefetched_chunks", 0)
             out["staged"] = {

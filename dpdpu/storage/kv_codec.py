@@ -30,7 +30,16 @@ from .. import errors
 from ..compute import codecs
 from .kv_keys import ModelShape
 
-__all__ = ["CODECS", "REPRESENTATIONS", "Encoded", "decode_into", "decode_layer_into", "encode", "layer_segments"]
+__all__ = [
+    "CODECS",
+    "REPRESENTATIONS",
+    "Encoded",
+    "decode_into",
+    "decode_layer_into",
+    "encode",
+    "layer_segments",
+    "segment_bytes",
+]
 
 CODECS = ("lz4", "zstd", "deflate")
 REPRESENTATIONS = ("raw", "int8")
@@ -38,7 +47,9 @@ REPRESENTATIONS = ("raw", "int8")
 
 def _check_codec(codec: str | None) -> None:
     if codec is not None and codec not in CODECS:
-        raise errors.InvalidArgumentError(f"codec must be one of {', '.join(CODECS)} or None, not {codec!r}")
+        raise errors.InvalidArgumentError(
+            f"codec must be one of {', '.join(CODECS)} or None, not {errors.brief(codec)}"
+        )
 
 
 @dataclass
@@ -113,10 +124,20 @@ def encode(chunk: np.ndarray[Any, Any], model: ModelShape, *, rep: str = "raw", 
     elif rep == "int8":
         raw, quant = _quantize(chunk, model)
     else:
-        raise errors.InvalidArgumentError(f"representation must be one of {', '.join(REPRESENTATIONS)}, not {rep!r}")
+        raise errors.InvalidArgumentError(
+            f"representation must be one of {', '.join(REPRESENTATIONS)}, not {errors.brief(rep)}"
+        )
     lens = [len(s) for s in raw]
     segs = raw if codec is None else [codecs.compress(s, codec) for s in raw]
     return Encoded(rep, codec, tokens, segments=segs, raw_lens=lens, quant_error=quant)
+
+
+def segment_bytes(model: ModelShape, rep: str, tokens: int) -> int:
+    """Bytes of one uncompressed layer segment of ``tokens`` tokens in representation ``rep``."""
+    elements = 2 * tokens * model.kv_heads * model.head_dim
+    if rep == "raw":
+        return elements * model.np_dtype.itemsize
+    return elements + 2 * model.kv_heads * model.head_dim * 4  # int8 values, then float32 scales
 
 
 def layer_segments(enc: Encoded, model: ModelShape) -> list[Any]:

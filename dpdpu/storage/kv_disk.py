@@ -19,7 +19,11 @@ and the file service is sized from ``disk_bytes`` (rounded up to a block).
 
 Every segment is checked against its CRC-32C as it is read; a mismatch (or a
 bad header, or a short file) raises :class:`KvCorruptError`, and the store
-drops the chunk and reports a miss.  Raw uncompressed layers are read
+drops the chunk and reports a miss.  A header is checked whole before it is
+believed, even when its own checksum holds: every length must be what the
+store's model and chunk size give, so a lying header cannot size a read or
+a decompression.  Anything in the directory that is not a chunk file (a
+subdirectory) is left alone and counted.  Raw uncompressed layers are read
 straight into the caller's output (one read per layer's keys and per its
 values, all issued together, each layer checked as soon as it lands).
 """
@@ -44,8 +48,8 @@ from ..compute import codecs
 from ..runtime import native
 from ..runtime.profile import Profile
 from .fs import FileService
-from .kv_codec import Encoded, decode_layer_into, layer_segments
-from .kv_keys import ModelShape
+from .kv_codec import CODECS, Encoded, decode_layer_into, layer_segments, segment_bytes
+from .kv_keys import KEY_BYTES, ModelShape
 
 __all__ = ["DiskChunk", "DiskTier", "KvCorruptError"]
 
@@ -158,28 +162,39 @@ class DiskTier:
         self.fs = FileService(data_dir, capacity=None if existing else fs_capacity, block_size=block, device=device)
         self.fs.mkdir(self.dir, parents=True, exist_ok=True)
 
-    def scan(self) -> tuple[list[DiskChunk], int]:
-        """The chunks already on disk (from an earlier run), and how many bad files were dropped."""
+    def scan(self) -> tuple[list[DiskChunk], int, int]:
+        """The chunks already on disk (from an earlier run), how many bad files were dropped,
+        and how many entries that are no chunk files (directories) were left alone."""
         found: list[DiskChunk] = []
-        bad = 0
+        bad = ignored = 0
         # Only this configuration's directory: other models' chunks are none of this store's business.
         for name in sorted(self.fs.listdir(self.dir)):
+            path = f"{self.dir}/{name}"
             try:
-                key = bytes.fromhex(name)
+                if self.fs.stat(path).is_dir:
+                    ignored += 1  # not ours to empty, and no reason to refuse the rest
+                    continue
+                key = bytes.fromhex(name) if len(name) == 2 * KEY_BYTES else b""
+                if len(key) != KEY_BYTES:
+                    raise KvCorruptError("not a chunk file name")
                 found.append(self._read_header(key))
             except (ValueError, KvCorruptError, errors.StorageError):
                 bad += 1
-                self._delete(f"{self.dir}/{name}")
-        return found, bad
+                self._delete(path)
+        return found, bad, ignored
 
     def _read_header(self, key: bytes) -> DiskChunk:
         path = f"{self.dir}/{key.hex()}"
-        head = self.fs.read(path, 0, 4096).result()
+        size = self.fs.stat(path).size
+        head = self.fs.read(path, 0, min(size, 4096)).result()
         if len(head) < _FIXED.size:
             raise KvCorruptError(f"chunk {key.hex()}: header cut short")
         magic, version, header_bytes, json_len, json_crc = _FIXED.unpack_from(head)
-        if magic != _MAGIC or version != _VERSION or _FIXED.size + json_len > header_bytes:
+        block = self.fs.block_size
+        if magic != _MAGIC or version != _VERSION or _FIXED.size + json_len > header_bytes or header_bytes % block:
             raise KvCorruptError(f"chunk {key.hex()}: not a KV chunk file")
+        if header_bytes > size:
+            raise KvCorruptError(f"chunk {key.hex()}: file cut short")
         if _FIXED.size + json_len > len(head):
             head = self.fs.read(path, 0, _FIXED.size + json_len).result()
         raw = head[_FIXED.size : _FIXED.size + json_len]
@@ -187,36 +202,50 @@ class DiskTier:
             raise KvCorruptError(f"chunk {key.hex()}: header fails its checksum")
         try:
             meta = json.loads(raw)
-            quant = meta["quant_error"]
-            chunk = DiskChunk(
-                key,
-                meta["rep"],
-                meta["codec"],
-                meta["tokens"],
-                header_bytes,
-                meta["lens"],
-                meta["raw_lens"],
-                meta["crcs"],
-                path,
-                self.fs.block_size,
-                None if quant is None else (float(quant[0]), float(quant[1])),
-            )
-            ok = (
-                meta["key"] == key.hex()
-                and meta["root"] == self.root.hex()
-                and len(chunk.lens) == self.model.layers
-                and chunk.tokens == self.chunk_tokens
-                # a lossless store holds raw chunks only; an int8 one also raw chunks it could not quantize
-                and chunk.rep in ("raw", self.rep)
-                and (chunk.rep == "raw") == (chunk.quant_error is None)
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (ValueError, RecursionError) as exc:
             raise KvCorruptError(f"chunk {key.hex()}: malformed header") from exc
-        if not ok:
-            raise KvCorruptError(f"chunk {key.hex()}: header names another chunk or shape")
-        if self.fs.stat(path).size < header_bytes + chunk.nbytes:
+        chunk = self._chunk_of(key, meta, header_bytes, path)
+        if size < header_bytes + chunk.nbytes:
             raise KvCorruptError(f"chunk {key.hex()}: file cut short")
         return chunk
+
+    def _chunk_of(self, key: bytes, meta: Any, header_bytes: int, path: str) -> DiskChunk:
+        """The chunk a header's JSON describes, if it is one this store could have written."""
+        layers = self.model.layers
+
+        def ints(name: str, high: int) -> list[int]:
+            values = meta.get(name)
+            if (
+                not isinstance(values, list)
+                or len(values) != layers
+                or not all(type(v) is int and 0 <= v <= high for v in values)
+            ):
+                raise KvCorruptError(f"chunk {key.hex()}: header field {name} is not {layers} lengths")
+            return values
+
+        if not isinstance(meta, dict):
+            raise KvCorruptError(f"chunk {key.hex()}: malformed header")
+        rep, codec, tokens, quant = meta.get("rep"), meta.get("codec"), meta.get("tokens"), meta.get("quant_error")
+        # a lossless store holds raw chunks only; an int8 one also raw chunks it could not quantize
+        if meta.get("key") != key.hex() or meta.get("root") != self.root.hex() or rep not in ("raw", self.rep):
+            raise KvCorruptError(f"chunk {key.hex()}: header names another chunk or store")
+        if type(tokens) is not int or tokens != self.chunk_tokens or (codec is not None and codec not in CODECS):
+            raise KvCorruptError(f"chunk {key.hex()}: header names another chunk size or codec")
+        if (rep == "raw") != (quant is None) or not (
+            quant is None
+            or (isinstance(quant, list) and len(quant) == 2 and all(type(q) in (int, float) for q in quant))
+        ):
+            raise KvCorruptError(f"chunk {key.hex()}: header has a bad quantization error")
+        segment = segment_bytes(self.model, rep, tokens)
+        raw_lens = ints("raw_lens", segment)
+        lens = ints("lens", 1 << 62)
+        crcs = ints("crcs", 0xFFFFFFFF)
+        if raw_lens != [segment] * layers or (codec is None and lens != raw_lens):
+            raise KvCorruptError(f"chunk {key.hex()}: header lengths do not match the model")
+        quant_error = None if quant is None else (float(quant[0]), float(quant[1]))
+        return DiskChunk(
+            key, rep, codec, tokens, header_bytes, lens, raw_lens, crcs, path, self.fs.block_size, quant_error
+        )  # fmt: skip
 
     def prepare(self, key: bytes, enc: Encoded, codec: str | None) -> tuple[DiskChunk, list[Any]]:
         """The chunk file for ``enc`` (its segments compressed with ``codec``): where it will be, and its buffers.
@@ -265,8 +294,9 @@ class DiskTier:
                     if chunk.codec is not None:
                         try:
                             seg = codecs.decompress(seg, chunk.codec, output_size=chunk.raw_lens[i])
-                        except errors.CorruptDataError as exc:
+                        except (errors.CorruptDataError, errors.BufferTooSmallError) as exc:
                             raise KvCorruptError(f"chunk {chunk.key.hex()}: layer {i} does not decompress") from exc
+                        self._check(chunk, i, len(seg) == chunk.raw_lens[i])
                     decode_layer_into(self.model, chunk.rep, seg, dst[i] if layer is None else dst)
         except errors.NoSuchFileError as exc:  # dropped by another thread meanwhile
             raise KvCorruptError(f"chunk {chunk.key.hex()}: gone") from exc

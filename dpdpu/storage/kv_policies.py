@@ -198,4 +198,6 @@ def make_policy(name: str, capacity: int) -> LruPolicy | S3FifoPolicy:
         return LruPolicy(capacity)
     if name in ("s3fifo", "s3-fifo"):
         return S3FifoPolicy(capacity)
-    raise errors.InvalidArgumentError(f"unknown eviction policy {name!r}; choose one of {', '.join(POLICIES)}")
+    raise errors.InvalidArgumentError(
+        f"unknown eviction policy {errors.brief(name)}; choose one of {', '.join(POLICIES)}"
+    )

@@ -143,7 +143,9 @@ class KvFlightService:
                     yield _chunk_batch(kv[:, :, i * c : (i + 1) * c]).replace_schema_metadata(schema.metadata)
 
             return flight.GeneratorStream(schema, batches())
-        raise errors.InvalidArgumentError(f"unknown kv op {op!r}: use info, lookup or retrieve (store is a do_put)")
+        raise errors.InvalidArgumentError(
+            f"unknown kv op {errors.brief(op)}: use info, lookup or retrieve (store is a do_put)"
+        )
 
     def do_put(self, request: dict[str, Any], reader: Any, writer: Any, context: Any) -> None:
         """Take a ``store``: one batch per full chunk of the tokens."""

@@ -118,7 +118,7 @@ def model_shape(spec: str | ModelShape) -> ModelShape:
         except ValueError:
             pass
     raise errors.InvalidArgumentError(
-        f"unknown model {spec!r}: use one of {', '.join(MODELS)} or NAME:LAYERS:KV_HEADS:HEAD_DIM[:DTYPE]"
+        f"unknown model {errors.brief(spec)}: use one of {', '.join(MODELS)} or NAME:LAYERS:KV_HEADS:HEAD_DIM[:DTYPE]"
     )
 
 
@@ -172,7 +172,9 @@ def _validate(data: Any, where: str) -> list[dict[str, Any]]:
                 n = span["tokens"] if ok else 0
                 ok = ok and n >= 0
             if not ok:
-                raise TraceError(f"{where}: request {i} has a bad span {span!r} (ids must be 64-bit integers)")
+                raise TraceError(
+                    f"{where}: request {i} has a bad span {errors.brief(span)} (ids must be 64-bit integers)"
+                )
             tokens += n
             if tokens > MAX_REQUEST_TOKENS:
                 raise TraceError(f"{where}: request {i} has more than {MAX_REQUEST_TOKENS} prompt tokens")
@@ -182,7 +184,7 @@ def _validate(data: Any, where: str) -> list[dict[str, Any]]:
         except OverflowError:
             ok = False
         if not ok:
-            raise TraceError(f"{where}: request {i} has a bad time {t!r} (a finite number of seconds)")
+            raise TraceError(f"{where}: request {i} has a bad time {errors.brief(t)} (a finite number of seconds)")
         out.append({"t": float(t), **{k: v for k, v in req.items() if k != "t"}})
     out.sort(key=lambda r: r["t"])  # stable: equal times keep file order
     return out
@@ -206,7 +208,7 @@ def load_trace(path: str | Path | None = None) -> list[dict[str, Any]]:
         try:
             rows = list(csv.DictReader(text.splitlines(), skipinitialspace=True))
         except csv.Error as exc:
-            raise TraceError(f"{p}: not CSV: {exc}") from exc
+            raise TraceError(f"{p}: not CSV: {str(exc)[:200]}") from exc
         for row in rows:
             try:
                 spans = [
@@ -216,12 +218,12 @@ def load_trace(path: str | Path | None = None) -> list[dict[str, Any]]:
                 reqs.append({"t": float(row["t"]), "session": row.get("session", ""), "prompt": spans})
             except (KeyError, ValueError, IndexError, AttributeError, TypeError) as exc:
                 # (a short row has None for its missing fields)
-                raise TraceError(f"{p}: bad CSV row {row!r}") from exc
+                raise TraceError(f"{p}: bad CSV row {errors.brief(row)}") from exc
         return _validate({"requests": reqs}, str(p))
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an integer of too many digits
-        raise TraceError(f"{p}: not JSON: {exc}") from exc
+        raise TraceError(f"{p}: not JSON: {str(exc)[:200]}") from exc
     return _validate(data, str(p))
 
 
@@ -326,6 +328,11 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(arr.mean()), "p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
 
 
+def _ratio(recompute_s: float, tier_s: float) -> float:
+    # Requests with no prompt tokens take no time either way: no speed-up.
+    return recompute_s / tier_s if tier_s > 0 else 1.0
+
+
 def simulate(
     trace: Sequence[Mapping[str, Any]] | str | Path | None = None,
     *,
@@ -347,7 +354,9 @@ def simulate(
     profile = Profile.of(device)
     shape = model_shape(model)
     if prefill_tokens_per_s <= 0 or not math.isfinite(prefill_tokens_per_s):
-        raise errors.InvalidArgumentError(f"prefill_tokens_per_s must be positive, not {prefill_tokens_per_s!r}")
+        raise errors.InvalidArgumentError(
+            f"prefill_tokens_per_s must be positive, not {errors.brief(prefill_tokens_per_s)}"
+        )
     storage = profile.storage
     if storage is None and disk_bytes > 0:
         disk_bytes = 0  # a profile without storage has no disk tier
@@ -461,8 +470,8 @@ def simulate(
         ttft_recompute=_summary(recompute),
         ttft_tier=_summary(tier),
         ttft_adaptive=_summary(adaptive),
-        speedup_tier=r_mean / _summary(tier)["mean"] if tier else 1.0,
-        speedup_adaptive=r_mean / _summary(adaptive)["mean"] if adaptive else 1.0,
+        speedup_tier=_ratio(r_mean, _summary(tier)["mean"]),
+        speedup_adaptive=_ratio(r_mean, _summary(adaptive)["mean"]),
         slower_requests=slower,
         settings=dict(
             prefill_tokens_per_s=prefill_tokens_per_s,

@@ -153,7 +153,7 @@ class EngineStats(_message.Message):
     def __init__(self, engine: _Optional[str] = ..., kind: _Optional[str] = ..., lanes: _Optional[int] = ..., tasks: _Optional[int] = ..., errors: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., utilization: _Optional[float] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., wall_busy_s: _Optional[float] = ..., modeled_busy_s: _Optional[float] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("device", "uptime_s", "modeled_s", "tasks", "errors", "pcie_bytes", "engines", "host_cores_saved", "invocations", "invocation_failures", "in_flight", "hung", "deployments")
+    __slots__ = ("device", "uptime_s", "modeled_s", "tasks", "errors", "pcie_bytes", "engines", "host_cores_saved", "invocations", "invocation_failures", "in_flight", "hung", "deployments", "isolation", "worker_processes", "worker_restarts")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     MODELED_S_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +167,9 @@ class StatsReply(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     HUNG_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
     device: str
     uptime_s: float
     modeled_s: float
@@ -180,7 +183,10 @@ class StatsReply(_message.Message):
     in_flight: int
     hung: int
     deployments: int
-    def __init__(self, device: _Optional[str] = ..., uptime_s: _Optional[float] = ..., modeled_s: _Optional[float] = ..., tasks: _Optional[int] = ..., errors: _Optional[int] = ..., pcie_bytes: _Optional[int] = ..., engines: _Optional[_Iterable[_Union[EngineStats, _Mapping]]] = ..., host_cores_saved: _Optional[float] = ..., invocations: _Optional[int] = ..., invocation_failures: _Optional[int] = ..., in_flight: _Optional[int] = ..., hung: _Optional[int] = ..., deployments: _Optional[int] = ...) -> None: ...
+    isolation: str
+    worker_processes: int
+    worker_restarts: int
+    def __init__(self, device: _Optional[str] = ..., uptime_s: _Optional[float] = ..., modeled_s: _Optional[float] = ..., tasks: _Optional[int] = ..., errors: _Optional[int] = ..., pcie_bytes: _Optional[int] = ..., engines: _Optional[_Iterable[_Union[EngineStats, _Mapping]]] = ..., host_cores_saved: _Optional[float] = ..., invocations: _Optional[int] = ..., invocation_failures: _Optional[int] = ..., in_flight: _Optional[int] = ..., hung: _Optional[int] = ..., deployments: _Optional[int] = ..., isolation: _Optional[str] = ..., worker_processes: _Optional[int] = ..., worker_restarts: _Optional[int] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()
