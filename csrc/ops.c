@@ -236,7 +236,8 @@ static int check_decompress(const struct dpdpu_engine *e, const struct dpdpu_tas
 }
 
 /* Sources up to this size are cheap enough to run on the submitter's thread
- * for the ops that allow it: handing them to a worker costs more. */
+ * for the ops whose cost is the copy or the checksum: handing them to a
+ * worker costs more. */
 #define TINY 4096u
 
 struct op_entry {

@@ -157,7 +157,7 @@ int dpdpu_task_submit(struct dpdpu_pe *pe, struct dpdpu_dev *dev, struct dpdpu_t
     const struct dpdpu_op_info *info;
     struct dpdpu_engine *e;
     uint64_t footprint;
-    int rc, may_inline;
+    int rc;
 
     if (pe == NULL || dev == NULL || task == NULL)
         return DPDPU_ERR_INVALID_ARGUMENT;
@@ -194,8 +194,8 @@ int dpdpu_task_submit(struct dpdpu_pe *pe, struct dpdpu_dev *dev, struct dpdpu_t
     task->exec_ns = 0;
     task->priv_reserved = footprint;
     mmap_users_add(task, 1);
-    may_inline = (flags & DPDPU_SUBMIT_INLINE) && task->src.len <= info->inline_max_bytes;
-    rc = dpdpu__queue_submit(&e->queue, &pe->cq, &task->priv_link, &task->done, timeout_us, may_inline);
+    rc = dpdpu__queue_submit(&e->queue, &pe->cq, &task->priv_link, &task->done, timeout_us,
+                             (flags & DPDPU_SUBMIT_INLINE) != 0);
     if (rc < 0) {
         mmap_users_add(task, -1);
         dpdpu__mem_release(dev, footprint);

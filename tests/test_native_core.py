@@ -273,20 +273,6 @@ def test_inline_submission_skips_the_queue(dev: NativeDevice, pe: ProgressEngine
     assert dev.engine_stats(0)["inlined"] == 1
 
 
-def test_inline_only_for_tiny_jobs_of_inline_ops(dev: NativeDevice, pe: ProgressEngine) -> None:
-    info = ffi.new("struct dpdpu_op_info *")
-    assert lib.dpdpu_op_info(OPS["crc32c"], info) == lib.DPDPU_OK
-    big, _keep = make_task(dev, "crc32c", bytes(info.inline_max_bytes + 1))
-    assert not pe.submit(dev, big, inline=True)  # queued: too large to run on this thread
-    data = b"x" * 100
-    deflate, _keep2 = make_task(dev, "deflate_compress", data, bytearray(native.deflate_bound(len(data))))
-    assert not pe.submit(dev, deflate, inline=True)  # never inline
-    for ct in (big, deflate):
-        assert pe.wait_task(ct, 5.0) and ct.status == lib.DPDPU_OK
-    assert sorted(pe.progress_user_data()) == [0, 0]
-    assert dev.engine_stats(0)["inlined"] == 0
-
-
 def test_op_table() -> None:
     info = ffi.new("struct dpdpu_op_info *")
     facts = {}

@@ -94,17 +94,18 @@ struct dpdpu_op_info {
     /** Non-zero: a source larger than the engine's largest job runs as
      *  segments of that size instead of being refused (TOO_LARGE). */
     int32_t splits;
-    /** DPDPU_SUBMIT_INLINE is honoured for sources up to this many bytes
-     *  (0: never; the op is not cheap enough to run on the caller's thread). */
+    /** Sources up to this many bytes are cheap enough that running the
+     *  task on the submitting thread (DPDPU_SUBMIT_INLINE) beats handing it
+     *  to a worker; 0: not at any size.  Advice for the caller, who decides:
+     *  the core honours DPDPU_SUBMIT_INLINE for every op. */
     uint64_t inline_max_bytes;
 };
 
 /** Flags of dpdpu_task_submit(). */
 enum dpdpu_submit_flags {
     DPDPU_SUBMIT_QUEUE = 0,
-    /** Run the task on the calling thread if nothing is queued on its engine
-     *  and its op may run inline at its size (dpdpu_op_info()); it is then
-     *  complete on return and skips the completion queue. */
+    /** Run the task on the calling thread if nothing is queued on its engine;
+     *  it is then complete on return and skips the completion queue. */
     DPDPU_SUBMIT_INLINE = 1
 };
 
@@ -392,9 +393,9 @@ int dpdpu_pe_destroy(struct dpdpu_pe *pe);
  * \param timeout_us how long to wait for room in a full queue: 0 returns
  *        AGAIN at once, a negative value waits without limit
  * \param flags DPDPU_SUBMIT_QUEUE, or DPDPU_SUBMIT_INLINE to execute the task
- *        on the calling thread when the engine has nothing queued and the op
- *        may run inline at this size (dpdpu_op_info()); a task run that way
- *        is complete on return (task->done is set) and is not put on pe's
+ *        on the calling thread when the engine has nothing queued (worth it
+ *        for jobs up to dpdpu_op_info()'s inline_max_bytes); a task run that
+ *        way is complete on return (task->done is set) and is not put on pe's
  *        completion queue
  * \return 0 when queued, 1 when run inline (complete, not queued), or
  *         INVALID_ARGUMENT, UNKNOWN_OP, NOT_SUPPORTED, TOO_LARGE,
