@@ -5,10 +5,15 @@ itself is never raised.  Subclasses also inherit the built-in exception that
 fits (``ValueError``, ``LookupError``, ``MemoryError`` ...), so code written
 against the standard library keeps working.  Each error carries the device,
 engine and op it concerns (when known) and the native status name.
+
+Messages quote caller input through :func:`shown` and :func:`clip` (not part
+of ``__all__``, which is the tree), so that they stay short whatever the
+input is.
 """
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 __all__ = [
@@ -42,26 +47,40 @@ __all__ = [
 ]
 
 
-#: Characters of caller input an error message quotes at most.
-BRIEF_CHARS = 60
+#: the most characters of caller input an error message quotes
+QUOTE_LIMIT = 120
+
+_short = reprlib.Repr()
+_short.maxlevel = 3
+_short.maxdict = _short.maxlist = _short.maxtuple = _short.maxset = _short.maxfrozenset = 6
+_short.maxstring = _short.maxother = _short.maxlong = QUOTE_LIMIT
 
 
-def brief(value: object, limit: int = BRIEF_CHARS) -> str:
-    """``repr(value)`` cut to about ``limit`` characters, for messages that quote caller input.
+def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` itself when it has at most ``limit`` characters, else its start and its length."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
 
-    Input may be megabytes long (or an integer too long to print), and a
-    message that echoes it whole outgrows whatever carries it (a log line, a
-    gRPC status); so messages quote a bounded prefix and say how long the rest is.
+
+def shown(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` in at most about ``limit`` characters: how an error message quotes caller input.
+
+    A long string or bytes object shows its start and its length; containers
+    show a few items and levels.  It costs O(``limit``) whatever ``value`` is
+    (a deeply nested list included) and never raises.
     """
-    if isinstance(value, str | bytes | bytearray) and len(value) > limit:
-        return f"{value[:limit]!r}... ({len(value)} {'characters' if isinstance(value, str) else 'bytes'})"
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
-        return f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, (str, bytes)):
+        text = repr(value[:limit])  # escapes can make it up to 10 times longer than the part it shows
+        if len(value) <= limit and len(text) <= limit + 3:
+            return text
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"{text[:limit]}... ({len(value):,} {unit})"
     try:
-        text = repr(value)
-    except Exception:  # a caller's object whose repr fails still gets named
-        return f"<{type(value).__name__}>"
-    return text if len(text) <= limit else f"{text[:limit]}... ({type(value).__name__})"
+        text = _short.repr(value)
+    except Exception:  # a value whose repr fails (e.g. an int too long for str()) is named by its type
+        text = f"<{type(value).__name__}>"
+    return clip(text, limit)
 
 
 class DpdpuError(Exception):

@@ -68,12 +68,15 @@ def test_levels_and_unknown_codecs() -> None:
 
 def test_codecs_are_placed_by_capability() -> None:
     data = bytes(range(256)) * 4096
+    page = data[:8192]  # within the hardware's 16 KiB largest job
     with dpdpu.Runtime("bluefield3", policy="dpu-only") as rt:
-        lz = rt.submit(compute.decompress, compute.compress(data, "lz4"), "lz4")
-        zs = rt.submit(compute.decompress, compute.compress(data, "zstd"), "zstd")
-        assert lz.result() == data and zs.result() == data
+        lz = rt.submit(compute.decompress, compute.compress(page, "lz4"), "lz4")
+        zs = rt.submit(compute.decompress, compute.compress(page, "zstd"), "zstd")
+        big = rt.submit(compute.decompress, compute.compress(data, "lz4"), "lz4")
+        assert lz.result() == page and zs.result() == page and big.result() == data
         assert rt.explain(lz).engine == "bluefield3/accelerator"  # LZ4 decompression in hardware
         assert rt.explain(zs).engine == "bluefield3/arm"  # zstd: no hardware engine
+        assert rt.explain(big).engine == "bluefield3/arm"  # 1 MiB does not fit one hardware job
     with dpdpu.Runtime("bluefield2", policy="dpu-only") as rt:
         lz = rt.submit(compute.decompress, compute.compress(data, "lz4"), "lz4")
         assert lz.result() == data and rt.explain(lz).engine == "bluefield2/arm"

@@ -131,3 +131,15 @@ def test_lz4_hardware_takes_small_pages_only() -> None:
         big = rt.submit(compute.decompress, compute.compress(page * 64, "lz4"), "lz4", output_size=len(page) * 64)
         assert big.result() == page * 64 and rt.explain(big).kind == "arm"
         assert "largest job" in (rt.explain(big).fallback or "")
+
+
+def test_lz4_output_of_unknown_size_leaves_the_hardware_when_it_outgrows_a_job() -> None:
+    page = b"y" * (64 << 10)
+    blob = compute.compress(page, "lz4")  # a small frame whose output passes the 16 KiB largest job
+    with dpdpu.Runtime("bluefield3", policy="greedy-accelerator") as rt:
+        fut = rt.submit(compute.decompress, blob, "lz4")
+        assert fut.result() == page
+        placed = rt.explain(fut)
+        assert placed.kind == "arm" and "largest job" in (placed.fallback or "") and placed.attempts == 2
+        with pytest.raises(errors.JobTooLargeError, match="largest job"):
+            rt.submit(compute.decompress, blob, "lz4", engine="accelerator", fallback=False).result()

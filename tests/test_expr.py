@@ -10,15 +10,22 @@ from fractions import Fraction
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from hostile_inputs import serialized, string_offsets_past_their_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dpdpu.compute import expr as expr_module
 from dpdpu.compute.ast import And, Arith, Between, Column, Compare, Expr, IsIn, IsNull, Literal, Negate, Not, Or
 from dpdpu.compute.expr import (
+    MAX_DEPTH,
+    MAX_IN_VALUES,
+    MAX_NESTING,
     bind_arithmetic,
     bind_predicate,
     columns,
+    depth,
     from_arrow,
+    from_serialized,
     parse,
     render,
     result_type,
@@ -239,6 +246,81 @@ def test_parse_rejects_non_strings_and_deep_nesting() -> None:
         parse(b"a > 1")  # type: ignore[arg-type]
     with pytest.raises(ExpressionSyntaxError, match="nested too deeply"):
         parse("(" * 3000 + "a" + ")" * 3000)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * 5000 + "a > 1" + ")" * 5000,
+        "(" * 5000,
+        "not " * 5000 + "flag",
+        "-" * 5000 + "a > 1",
+        "(" * (MAX_NESTING + 1) + "a > 1" + ")" * (MAX_NESTING + 1),
+        " or ".join(["a > 1"] * (MAX_DEPTH + 1)),
+        " + ".join(["a"] * (MAX_DEPTH + 1)) + " > 1",
+    ],
+)
+def test_nesting_beyond_the_limits_is_a_clean_syntax_error(text: str) -> None:
+    with pytest.raises(ExpressionSyntaxError, match="nested too deeply") as info:
+        bind_predicate(text, SCHEMA)
+    assert len(str(info.value)) < 1024
+
+
+def test_nesting_up_to_the_limits_binds() -> None:
+    nested = "(" * MAX_NESTING + "price > 1" + ")" * MAX_NESTING
+    assert bind_predicate(nested, SCHEMA) == bind_predicate("price > 1", SCHEMA)
+    chain = parse(" or ".join(["price > 1"] * (MAX_DEPTH - 1)))  # or, or, ..., >, price: MAX_DEPTH nodes deep
+    assert depth(chain) == MAX_DEPTH
+    assert depth(bind_predicate(chain, SCHEMA)) == MAX_DEPTH
+    too_deep = Or(chain, Compare(">", col("price"), lit(2)))  # a tree built by hand is checked too
+    with pytest.raises(ExpressionError, match="nested too deeply"):
+        bind_predicate(too_deep, SCHEMA)
+
+
+BIG = 8 << 20
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("price > " + "1" * BIG, "integer literal out of the 64-bit range"),
+        ("price > 1" + "_1" * (BIG // 2) + "__", "invalid number"),
+        ("x" * BIG + " > 1", "unknown column"),
+        ('"' + "y" * BIG + '" > 1', "unknown column"),
+        ("name == '" + "z" * BIG + "' )", "unexpected ')'"),
+        ("name == '" + "z" * BIG, "unterminated string literal"),
+        ("price > 1 " + "a " * (BIG // 2), "unexpected 'a'"),
+        (" " * BIG + "price >", "expected an expression"),
+        ("price in (" + "1, " * 30_000, "'in' takes a list of literal values, found end of input"),
+    ],
+)
+def test_errors_about_huge_input_stay_short(text: str, fragment: str) -> None:
+    with pytest.raises(ExpressionError) as info:
+        bind_predicate(text, SCHEMA)
+    message = str(info.value)
+    assert fragment in message and len(message) < 1024, message[:2000]
+    assert info.value.expression == text  # the attribute keeps the whole text
+
+
+def test_in_lists_hold_at_most_max_in_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert MAX_IN_VALUES == 100_000
+    monkeypatch.setattr(expr_module, "MAX_IN_VALUES", 10)
+    values = ", ".join(["1"] * 10)
+    assert len(parse(f"price in ({values})").values) == 10  # type: ignore[union-attr]
+    with pytest.raises(ExpressionSyntaxError, match="more than 10 values"):
+        parse(f"price in ({values}, 2)")
+    assert len(from_serialized(serialized(x.isin(pa.array(range(10), pa.int8())))).values) == 10  # type: ignore[union-attr]
+    with pytest.raises(ExpressionError, match="more than 10 values"):
+        from_serialized(serialized(x.isin(pa.array(range(11), pa.int8()))))
+
+
+def test_syntax_error_caret_in_a_long_line_shows_a_window() -> None:
+    text = "price > 1 and " * 100 + "price >> 2" + " and price > 1" * 100
+    with pytest.raises(ExpressionSyntaxError) as info:
+        parse(text)
+    *_, line, caret = str(info.value).split("\n")
+    assert line.startswith("    ...") and line.endswith("...") and len(line) < 100
+    assert line[caret.index("^")] == ">" and info.value.position == text.index(">>") + 1
 
 
 # --------------------------------------------------------------------------- render
@@ -742,6 +824,50 @@ def test_from_arrow_unsupported(expression: pc.Expression, fragment: str) -> Non
 def test_from_arrow_rejects_non_expressions() -> None:
     with pytest.raises(InvalidArgumentError):
         from_arrow("x > 1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        (x > 1) & y.isin(["a", None]),
+        x.is_null(nan_is_null=True) | (pc.divide(x.cast(pa.float64()), 2) < 1),
+        x == pa.scalar(dt.date(2024, 1, 1)),
+        x >= pa.scalar(dt.datetime(2024, 1, 1), pa.timestamp("us", "UTC")),
+        ~x.isin(pa.array([1.5, None])),
+        x == pa.scalar(7, pa.uint16()),
+        x == pa.scalar(None, pa.null()),
+    ],
+)
+def test_from_serialized_matches_from_arrow(expression: pc.Expression) -> None:
+    assert from_serialized(serialized(expression)) == from_arrow(expression)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"", "no ARROW1 magic"),
+        (serialized(x > 1)[:-20], "not a valid Arrow IPC file"),
+        (string_offsets_past_their_data(), "offsets out of range"),
+        (serialized(x > 1).replace(b"literal", b"litEral"), "unsupported expression element 'litEral'"),
+        (serialized(pc.abs(x)), "unsupported function 'abs'"),
+        (serialized(x == pa.scalar(1, pa.decimal128(5, 2))), "literals of type decimal128(5, 2) are not supported"),
+        (serialized(x == pc.scalar(pa.scalar("a", pa.dictionary(pa.int8(), pa.string())))), "dictionary"),
+    ],
+)
+def test_from_serialized_refuses_bad_bytes(data: bytes, fragment: str) -> None:
+    with pytest.raises(ExpressionError) as info:
+        from_serialized(data)
+    assert fragment in str(info.value) and len(str(info.value)) < 1024
+
+
+def test_from_serialized_refuses_nesting_beyond_the_limit() -> None:
+    deep = x > 0
+    for _ in range(MAX_DEPTH):
+        deep = pc.invert(deep)
+    with pytest.raises(ExpressionError, match=f"more than {MAX_DEPTH} levels"):
+        from_serialized(serialized(deep))
+    with pytest.raises(InvalidArgumentError, match="expected the bytes"):
+        from_serialized("x > 1")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import datetime
+import gc
 import ipaddress
 import json
 import socket
@@ -21,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.flight as fl
 import pytest
+from hostile_inputs import serialized, string_offsets_past_their_data
 
 from dpdpu import Runtime
 from dpdpu.network import ChannelPair
@@ -299,6 +303,118 @@ def test_bad_commands_and_actions(client: fl.FlightClient, trips: pa.Table) -> N
     with pytest.raises(KeyError, match="no dataset named"):
         client.get_flight_info(fl.FlightDescriptor.for_path("nosuch"), AUTH)
     still_serving(client, trips)
+
+
+def deep_json(levels: int) -> bytes:
+    return b'{"a": ' * levels + b"1" + b"}" * levels
+
+
+def expression_of(data: bytes) -> dict[str, str]:
+    return {"expression": base64.b64encode(data).decode()}
+
+
+BIG = 8 << 20
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "match"),
+    [
+        ("ticket of 100,000 '['", lambda c: get(c, b"[" * 100_000), "JSON nested more than 32 levels"),
+        ("ticket 40 objects deep", lambda c: get(c, deep_json(40)), "JSON nested more than 32 levels"),
+        (
+            "command 40 objects deep",
+            lambda c: c.get_flight_info(fl.FlightDescriptor.for_command(deep_json(40)), AUTH),
+            "JSON nested more than 32 levels",
+        ),
+        (
+            "exchange command of 100,000 '['",
+            lambda c: c.do_exchange(fl.FlightDescriptor.for_command(b"[" * 100_000), AUTH)[1].read_all(),
+            "JSON nested more than 32 levels",
+        ),
+        (
+            "action body of 100,000 '['",
+            lambda c: list(c.do_action(fl.Action("hello", b"[" * 100_000), AUTH)),
+            "JSON nested more than 32 levels",
+        ),
+        (
+            "mutated serialized expression",
+            lambda c: get(c, ticket_with({"predicate": expression_of(string_offsets_past_their_data())})),
+            "predicate 'expression'",
+        ),
+        (
+            "truncated serialized expression",
+            lambda c: get(c, ticket_with({"predicate": expression_of(serialized(pc.field("k") > 1)[:300])})),
+            "not a serialized pyarrow expression",
+        ),
+        ("8 MiB predicate", lambda c: get(c, ticket_with({"predicate": "k > " + "1" * BIG})), "ticket too large"),
+        ("3 MiB predicate", lambda c: get(c, ticket_with({"predicate": "k > " + "1" * (3 << 20)})), "64-bit range"),
+        ("5,000 parentheses", lambda c: get(c, ticket_with({"predicate": "(" * 5000})), "nested too deeply"),
+        ("100 KB dataset name", lambda c: get(c, ticket("x" * 100_000)), "dataset name must be"),
+        (
+            "100 KB column name",
+            lambda c: get(c, ticket_with({"columns": ["c" * 100_000]})),
+            "no column 'ccccc",
+        ),
+        ("100 KB action name", lambda c: list(c.do_action(fl.Action("a" * 100_000, b""), AUTH)), "unknown action"),
+    ],
+)
+def test_hostile_requests_get_invalid_argument_with_a_short_message(
+    client: fl.FlightClient, trips: pa.Table, name: str, make: Any, match: str
+) -> None:
+    with pytest.raises(pa.ArrowInvalid, match=match) as info:
+        make(client)
+    text = str(info.value)
+    assert "INVALID_ARGUMENT" in text or "debug context" not in text, text[:2000]
+    assert len(text.encode()) < 1024, f"{name}: {len(text.encode())} bytes"
+    still_serving(client, trips)
+
+
+def ticket_with(fields: dict[str, Any]) -> bytes:
+    return json.dumps({"dataset": "trips", **fields}).encode()
+
+
+def test_requests_above_the_size_limit_are_refused_before_parsing(runtime: Runtime) -> None:
+    with (
+        FlightEndpoint(runtime=runtime, max_request_bytes=1000).serve_background() as ep,
+        fl.FlightClient(ep.location) as c,
+    ):
+        put(c, fl.FlightDescriptor.for_path("t"), make_table(10))
+        fits = ticket("t", "v > " + "1" * 900)
+        assert len(fits) <= 1000
+        with pytest.raises(pa.ArrowInvalid, match="64-bit range"):
+            get(c, fits)  # parsed: the predicate's own error
+        calls = [
+            lambda: get(c, b" " * 1001),
+            lambda: c.get_schema(fl.FlightDescriptor.for_command(b" " * 1001)),
+            lambda: c.get_flight_info(fl.FlightDescriptor.for_path("x" * 1001)),
+            lambda: list(c.do_action(fl.Action("stats", b" " * 1000))),
+            lambda: c.do_exchange(fl.FlightDescriptor.for_command(b" " * 1001))[1].read_all(),
+        ]
+        for refused in calls:
+            with pytest.raises(pa.ArrowInvalid, match=r"too large: 1,00\d bytes; this endpoint takes at most 1,000"):
+                refused()
+        assert action(c, "stats")["requests"]["served"] == 0
+    with pytest.raises(FlightConfigError, match="max_request_bytes"):
+        FlightEndpoint(runtime=runtime, max_request_bytes=0)
+
+
+def test_failed_calls_leave_no_reference_cycles(client: fl.FlightClient, trips: pa.Table) -> None:
+    """A failed call's exception, and the request it holds, are freed with the call, not by a later collection."""
+    bad = [ticket_with({"predicate": "k >"}), b"{", ticket("nosuch"), b"[" * 2000]
+    for raw in bad:  # warm up: first calls create lasting objects (caches, imported modules)
+        with pytest.raises((pa.ArrowInvalid, KeyError)):
+            get(client, raw)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            for raw in bad:
+                with contextlib.suppress(pa.ArrowInvalid, KeyError):  # keeps no reference to the exception
+                    get(client, raw)
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+    assert garbage == 0, f"{garbage} objects were kept alive only by reference cycles"
 
 
 def test_schema_mismatch_on_append_leaves_dataset_unchanged(client: fl.FlightClient) -> None:

@@ -87,7 +87,7 @@ def _codec_op(codec: str, direction: str) -> str:
         raise errors.InvalidArgumentError(f"codec must be a string, not {type(codec).__name__}", op=direction)
     if codec not in CODECS:
         raise errors.UnknownOpError(
-            f"unknown codec {errors.brief(codec)}; available: {', '.join(CODECS)}", op=direction
+            f"unknown codec {errors.shown(codec)}; available: {', '.join(CODECS)}", op=direction
         )
     return f"{codec}_{direction}"
 
@@ -99,7 +99,7 @@ def _options(op: str, engine: str | None, fallback: bool) -> Options:
             f"engine must be an engine kind or label (a string) or None, not {type(engine).__name__}", op=op
         )
     if not isinstance(fallback, bool):
-        raise errors.InvalidArgumentError(f"fallback must be True or False, not {errors.brief(fallback)}", op=op)
+        raise errors.InvalidArgumentError(f"fallback must be True or False, not {errors.shown(fallback)}", op=op)
     return {"engine": engine, "fallback": fallback}
 
 
@@ -116,7 +116,7 @@ def _compress_task(
         level = default
     if isinstance(level, bool) or not isinstance(level, int) or not low <= level <= high:
         raise errors.InvalidArgumentError(
-            f"{codec} level must be an integer from {low} to {high}, not {errors.brief(level)}", op=op
+            f"{codec} level must be an integer from {low} to {high}, not {errors.shown(level)}", op=op
         )
     options = _options(op, engine, fallback)
     n = _nbytes(data, op)
@@ -159,7 +159,7 @@ def _decompress_task(
         isinstance(output_size, bool) or not isinstance(output_size, int) or not 0 <= output_size <= _MAX_SIZE
     ):
         raise errors.InvalidArgumentError(
-            f"output_size must be None or an integer from 0 to 2**63-1, not {errors.brief(output_size)}", op=op
+            f"output_size must be None or an integer from 0 to 2**63-1, not {errors.shown(output_size)}", op=op
         )
     options = _options(op, engine, fallback)
     n = _nbytes(data, op)
@@ -228,6 +228,8 @@ def _decode(codec: str, data: Any, size: int | None, op: str, budget: OutputBudg
             if size is not None:  # the caller's bound (device memory is still enforced by charge)
                 if total > size:
                     raise _too_small(codec, view, size, op)
+            elif budget.job is not None and total > budget.job:
+                raise errors.JobTooLargeError(f"the output passes the {budget.job}-byte largest job", op=op)
             elif total > budget.limit:
                 raise errors.DeviceMemoryError(
                     f"the output outgrows the {budget.limit} bytes of memory free for it (give output_size)", op=op
@@ -351,7 +353,7 @@ def _crc32c_task(
 ) -> tuple[Task, Options]:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
         raise errors.InvalidArgumentError(
-            f"value must be a 32-bit unsigned integer, not {errors.brief(value)}", op="crc32c"
+            f"value must be a 32-bit unsigned integer, not {errors.shown(value)}", op="crc32c"
         )
     options = _options("crc32c", engine, fallback)
     n = _nbytes(data, "crc32c")

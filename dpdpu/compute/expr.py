@@ -71,15 +71,13 @@ or ``x != x`` (false unless null), so literals always fit the column.
 
 from __future__ import annotations
 
-import ctypes
 import datetime as _dt
 import difflib
 import math
 import operator
 import re
-import struct
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, NoReturn
@@ -89,24 +87,42 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from ..errors import (
+    CorruptDataError,
     ExpressionError,
     ExpressionSyntaxError,
     ExpressionTypeError,
     InvalidArgumentError,
     UnknownColumnError,
+    clip,
+    shown,
 )
 from .ast import And, Arith, Between, Column, Compare, Expr, IsIn, IsNull, Literal, Negate, Not, Or
+from .ipc_reader import IpcColumn, IpcFile, read_ipc_file
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_IN_VALUES",
+    "MAX_NESTING",
     "bind_arithmetic",
     "bind_predicate",
     "columns",
+    "depth",
     "from_arrow",
+    "from_serialized",
     "parse",
     "render",
     "result_type",
     "to_arrow",
 ]
+
+#: The deepest an expression tree may be; in a chain such as ``a or b or c`` every operator is a
+#: level.  Binding, rendering and compiling walk trees recursively: this keeps them well inside
+#: Python's recursion limit, whoever calls them.
+MAX_DEPTH = 256
+#: The most parentheses, ``not``\ s and minus signs the string language nests inside each other.
+MAX_NESTING = 64
+#: The most values an ``in`` list may hold (each costs a few microseconds to check and bind).
+MAX_IN_VALUES = 100_000
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -141,6 +157,11 @@ _KIND_NAMES = {
 # --------------------------------------------------------------------------- errors
 
 
+_QUOTE_LIMIT = 80  # characters of the expression an error message quotes
+_DETAIL_LIMIT = 240  # characters of a detail or a hint
+_CARET_WINDOW = 40  # characters either side of the caret
+
+
 def _error(
     cls: type[ExpressionError],
     detail: str,
@@ -152,11 +173,16 @@ def _error(
     caret: bool = False,
 ) -> ExpressionError:
     pos = position if position is not None and position >= 0 else None
-    message = f'"{expression}": {detail}' if expression is not None else detail
+    # Messages quote the expression and the names in it, which can be arbitrarily long: every
+    # part is cut to a bounded length, so a message stays short whatever the input.
+    message = clip(detail, _DETAIL_LIMIT)
+    if expression is not None:
+        quoted = f'"{expression}"' if len(expression) <= _QUOTE_LIMIT else f'"{expression[:_QUOTE_LIMIT]}"...'
+        message = f"{quoted}: {message}"
     if pos is not None:
         message += f" (at {pos})"
     if hint:
-        message += f"; {hint}"
+        message += f"; {clip(hint, _DETAIL_LIMIT)}"
     if caret and pos is not None and expression is not None:
         message += "\n" + _caret(expression, pos)
     err = cls(message)
@@ -167,10 +193,13 @@ def _error(
 
 
 def _caret(text: str, pos: int) -> str:
-    start = text.rfind("\n", 0, pos) + 1
-    end = text.find("\n", pos)
-    line = text[start : end if end >= 0 else len(text)]
-    return f"    {line}\n    {' ' * (pos - start)}^"
+    """The line of ``text`` around ``pos`` (at most ``_CARET_WINDOW`` characters either side), a caret under ``pos``."""
+    start = max(text.rfind("\n", 0, pos) + 1, pos - _CARET_WINDOW)
+    end = text.find("\n", pos, pos + _CARET_WINDOW)
+    end = min(len(text), pos + _CARET_WINDOW) if end < 0 else end
+    before = "..." if start > 0 and text[start - 1] != "\n" else ""
+    after = "..." if end < len(text) and text[end] != "\n" else ""
+    return f"    {before}{text[start:end]}{after}\n    {' ' * (len(before) + pos - start)}^"
 
 
 def _name(name: str) -> str:
@@ -183,7 +212,12 @@ def _name(name: str) -> str:
 # --------------------------------------------------------------------------- lexer
 
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
-_DIGITS = r"[0-9](?:_?[0-9])*"
+_SPACE_RE = re.compile(r"\s*")
+_WORD_RE = re.compile(r"[\w.]*")
+# Digit runs are matched as plain character runs (a repeated group would cost the regex engine
+# memory per character of a long number); an underscore must then stand between two digits.
+_DIGITS = r"[0-9][0-9_]*"
+_MISPLACED_UNDERSCORE = re.compile(r"_(?![0-9])")
 _NUMBER_RE = re.compile(rf"(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_DIGITS})?", re.ASCII)
 _ASCII_DIGITS = "0123456789"
 _TWO_CHAR_OPS = {"==": "==", "!=": "!=", "<>": "!=", "<=": "<=", ">=": ">="}
@@ -198,31 +232,42 @@ class _Token:
     text: str
 
     def describe(self) -> str:
-        return "end of input" if self.kind == "eof" else repr(self.text)
+        return "end of input" if self.kind == "eof" else shown(self.text, 40)
 
 
-def _tokenize(text: str) -> list[_Token]:
-    tokens: list[_Token] = []
+def _tokens(text: str) -> Iterator[_Token]:
+    """The tokens of ``text``, made as the parser asks for them, then end-of-input tokens forever.
+
+    Made on demand, so that a malformed text fails at its first error without
+    the rest of it having been turned into tokens.
+    """
     i, n = 0, len(text)
-    while i < n:
+    while True:
+        i = _SPACE_RE.match(text, i).end()  # type: ignore[union-attr]
+        if i >= n:
+            break
         c = text[i]
-        if c.isspace():
-            i += 1
-        elif c == "'" or c == '"':
+        if c == "'" or c == '"':
             content, end = _quoted(text, i)
-            tokens.append(_Token("str" if c == "'" else "ident", content, i, text[i:end]))
+            yield _Token("str" if c == "'" else "ident", content, i, text[i:end])
             i = end
         elif c in _ASCII_DIGITS or (c == "." and i + 1 < n and text[i + 1] in _ASCII_DIGITS):
             m = _NUMBER_RE.match(text, i)
             assert m is not None  # the first character always matches
             end = m.end()
-            if end < n and (text[end].isalnum() or text[end] in "_."):
-                bad = re.match(r"[\w.]*", text[i:]).group()  # type: ignore[union-attr]
-                raise _error(ExpressionSyntaxError, f"invalid number {bad!r}", text, i, caret=True)
+            if (end < n and (text[end].isalnum() or text[end] in "_.")) or _MISPLACED_UNDERSCORE.search(m.group()):
+                bad = _WORD_RE.match(text, i).group()  # type: ignore[union-attr]
+                raise _error(ExpressionSyntaxError, f"invalid number {shown(bad, 40)}", text, i, caret=True)
             raw = m.group()
             digits = raw.replace("_", "")
-            value: int | float = float(digits) if any(ch in digits for ch in ".eE") else int(digits)
-            tokens.append(_Token("num", value, i, raw))
+            value: int | float
+            if any(ch in digits for ch in ".eE"):
+                value = float(digits)
+            elif len(digits.lstrip("0")) > 20:  # longer than 2**64: out of range (and int() refuses huge texts)
+                raise _error(ExpressionSyntaxError, "integer literal out of the 64-bit range", text, i, caret=True)
+            else:
+                value = int(digits)
+            yield _Token("num", value, i, raw)
             i = end
         elif c.isalpha() or c == "_":
             m = _IDENT_RE.match(text, i)
@@ -230,20 +275,21 @@ def _tokenize(text: str) -> list[_Token]:
                 raise _error(ExpressionSyntaxError, f"unexpected character {c!r}", text, i, caret=True)
             word = m.group()
             if word.lower() in _KEYWORDS:
-                tokens.append(_Token("kw", word.lower(), i, word))
+                yield _Token("kw", word.lower(), i, word)
             else:
-                tokens.append(_Token("ident", word, i, word))
+                yield _Token("ident", word, i, word)
             i = m.end()
         elif text[i : i + 2] in _TWO_CHAR_OPS:
-            tokens.append(_Token("op", _TWO_CHAR_OPS[text[i : i + 2]], i, text[i : i + 2]))
+            yield _Token("op", _TWO_CHAR_OPS[text[i : i + 2]], i, text[i : i + 2])
             i += 2
         elif c in _ONE_CHAR_OPS:
-            tokens.append(_Token("op", _ONE_CHAR_OPS[c], i, c))
+            yield _Token("op", _ONE_CHAR_OPS[c], i, c)
             i += 1
         else:
             raise _error(ExpressionSyntaxError, f"unexpected character {c!r}", text, i, caret=True)
-    tokens.append(_Token("eof", None, n, ""))
-    return tokens
+    eof = _Token("eof", None, n, "")
+    while True:
+        yield eof
 
 
 def _quoted(text: str, start: int) -> tuple[str, int]:
@@ -284,16 +330,29 @@ def _number_literal(value: int | float, pos: int, text: str) -> Literal:
 class _Parser:
     def __init__(self, text: str) -> None:
         self.text = text
-        self.tokens = _tokenize(text)
-        self.i = 0
+        self.stream = _tokens(text)
+        self.ahead: list[_Token] = []  # tokens made but not consumed yet (at most two)
+        self.nesting = 0
+
+    def nest(self, pos: int) -> None:
+        """Enter one more level of parentheses, ``not`` or minus (each costs the parser stack frames)."""
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            self.fail(
+                f"expression is nested too deeply: more than {MAX_NESTING} parentheses, 'not's or minus signs "
+                "inside each other",
+                pos,
+            )
 
     def peek(self, ahead: int = 0) -> _Token:
-        return self.tokens[min(self.i + ahead, len(self.tokens) - 1)]
+        while len(self.ahead) <= ahead:
+            self.ahead.append(next(self.stream))
+        return self.ahead[ahead]
 
     def advance(self) -> _Token:
-        tok = self.tokens[self.i]
+        tok = self.peek()
         if tok.kind != "eof":
-            self.i += 1
+            del self.ahead[0]
         return tok
 
     def is_kw(self, word: str, ahead: int = 0) -> bool:
@@ -339,7 +398,10 @@ class _Parser:
     def not_expr(self) -> Expr:
         if self.is_kw("not"):
             tok = self.advance()
-            return Not(self.not_expr(), tok.pos)
+            self.nest(tok.pos)
+            node = Not(self.not_expr(), tok.pos)
+            self.nesting -= 1
+            return node
         return self.predicate()
 
     def starts_predicate(self) -> bool:
@@ -402,6 +464,8 @@ class _Parser:
             self.advance()
             return ()
         while True:
+            if len(values) == MAX_IN_VALUES:
+                self.fail(f"an 'in' list holds more than {MAX_IN_VALUES:,} values", self.peek().pos)
             values.append(self.in_value())
             if self.is_op(")"):
                 self.advance()
@@ -440,7 +504,10 @@ class _Parser:
             tok = self.advance()
             if self.peek().kind == "num":
                 return _number_literal(-self.advance().value, tok.pos, self.text)
-            return Negate(self.unary(), tok.pos)
+            self.nest(tok.pos)
+            node = Negate(self.unary(), tok.pos)
+            self.nesting -= 1
+            return node
         return self.primary()
 
     def primary(self) -> Expr:
@@ -456,11 +523,13 @@ class _Parser:
         if tok.kind == "kw" and tok.value == "null":
             return Literal(None, pa.null(), tok.pos)
         if tok.kind == "op" and tok.value == "(":
+            self.nest(tok.pos)
             inner = self.or_expr()
             if not self.is_op(")"):
                 found = self.peek()
                 self.fail(f"expected ')' to close the '(' at {tok.pos}, found {found.describe()}", found.pos)
             self.advance()
+            self.nesting -= 1
             return inner
         self.fail(f"expected an expression, found {tok.describe()}", tok.pos)
 
@@ -475,9 +544,32 @@ def parse(text: str) -> Expr:
     if not isinstance(text, str):
         raise InvalidArgumentError(f"expected an expression string, got {type(text).__name__}")
     try:
-        return _Parser(text).parse()
-    except RecursionError:
+        tree = _Parser(text).parse()
+    except RecursionError:  # only when the caller's own stack is nearly exhausted
         raise _error(ExpressionSyntaxError, "expression is nested too deeply", text) from None
+    _check_depth(tree, text, ExpressionSyntaxError)
+    return tree
+
+
+def depth(expr: Expr) -> int:
+    """The number of nodes on the longest path from the root of ``expr`` to a leaf."""
+    deepest = 0
+    stack = [(expr, 1)]
+    while stack:
+        e, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((child, d + 1) for child in _children(e))
+    return deepest
+
+
+def _check_depth(tree: Expr, text: str | None, cls: type[ExpressionError] = ExpressionError) -> None:
+    if depth(tree) > MAX_DEPTH:
+        raise _error(
+            cls,
+            f"expression is nested too deeply: more than {MAX_DEPTH} levels (each operator of a chain such as "
+            "'a or b or c' is one; 'x in (...)' lists alternatives without nesting)",
+            text,
+        )
 
 
 # --------------------------------------------------------------------------- render
@@ -752,6 +844,7 @@ def _coerce(obj: object) -> tuple[Expr, str]:
     if isinstance(obj, pc.Expression):
         return from_arrow(obj), str(obj)
     if isinstance(obj, (Column, Literal, Arith, Negate, *_PREDICATE_NODES)):
+        _check_depth(obj, None)
         return obj, render(obj)
     raise InvalidArgumentError(
         f"expected an expression string, a pyarrow.compute.Expression or an expression tree, got {type(obj).__name__}"
@@ -781,7 +874,8 @@ class _Binder:
         found = self.schema.get_all_field_indices(col.name)
         if not found:
             names = self.schema.names
-            close = difflib.get_close_matches(col.name, names, n=1)
+            # matching a long name costs time quadratic in its length: only short ones get suggestions
+            close = difflib.get_close_matches(col.name, names, n=1) if len(col.name) <= 100 else []
             shown = ", ".join(_name(n) for n in names[:30]) + (", ..." if len(names) > 30 else "")
             hint = f"did you mean {_name(close[0])}? " if close else ""
             hint += f"available columns: {shown}" if names else "the schema has no columns"
@@ -1215,49 +1309,9 @@ _ARROW_OR = frozenset({"or_kleene", "or", "or_"})
 _ARROW_AND_NOT = frozenset({"and_not_kleene", "and_not", "and_not_"})
 
 
-class _ArrowSchemaStruct(ctypes.Structure):
-    """``struct ArrowSchema`` of the Arrow C data interface."""
-
-    _fields_ = [
-        ("format", ctypes.c_void_p),
-        ("name", ctypes.c_void_p),
-        ("metadata", ctypes.c_void_p),
-        ("flags", ctypes.c_int64),
-        ("n_children", ctypes.c_int64),
-        ("children", ctypes.c_void_p),
-        ("dictionary", ctypes.c_void_p),
-        ("release", ctypes.c_void_p),
-        ("private_data", ctypes.c_void_p),
-    ]
-
-
-# A private prototype, so that setting argtypes does not touch ctypes.pythonapi's shared one.
-_capsule_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
-    ("PyCapsule_GetPointer", ctypes.pythonapi)
-)
-
-
-def _metadata_pairs(schema: pa.Schema) -> list[tuple[str, str]]:
-    """The schema's key/value metadata in order, duplicates kept (``schema.metadata`` drops them)."""
-    capsule = schema.__arrow_c_schema__()  # owns the exported struct: keep it alive while reading
-    address = _capsule_pointer(capsule, b"arrow_schema")
-    metadata = _ArrowSchemaStruct.from_address(address).metadata
-    if not metadata:
-        return []
-
-    def read_int(at: int) -> int:
-        return int(struct.unpack("=i", ctypes.string_at(at, 4))[0])
-
-    pairs: list[tuple[str, str]] = []
-    at = metadata + 4
-    for _ in range(read_int(metadata)):
-        fields = []
-        for _ in range(2):
-            size = read_int(at)
-            fields.append(ctypes.string_at(at + 4, size).decode("utf-8"))
-            at += 4 + size
-        pairs.append((fields[0], fields[1]))
-    return pairs
+_DIGITS_RE = re.compile(r"[0-9]{1,9}\Z", re.ASCII)
+_EPOCH_DATE_ORDINAL = _dt.date(1970, 1, 1).toordinal()
+_MS_PER_DAY = 86_400_000
 
 
 @dataclass(frozen=True)
@@ -1268,66 +1322,107 @@ class _Cast:
     to_type: pa.DataType
 
 
-def _arrow_literal(scalar: pa.Scalar, null_type: pa.DataType | None = None) -> Literal:
-    if not scalar.is_valid:
-        return Literal(None, null_type if null_type is not None else scalar.type)
-    try:
-        value = scalar.as_py()
-    except (ValueError, pa.ArrowException):
-        # nanosecond timestamps do not fit datetime without pandas: keep the stored integer
-        value = scalar.value
-    return Literal(value, scalar.type)
+def _calendar_date(value: int, t: pa.DataType) -> Any:
+    """A date column's stored value as a ``datetime.date`` when it is a whole day in range, else unchanged."""
+    days, rest = (value, 0) if pa.types.is_date32(t) else divmod(value, _MS_PER_DAY)
+    if rest or not 1 <= _EPOCH_DATE_ORDINAL + days <= _dt.date.max.toordinal():
+        return value
+    return _dt.date.fromordinal(_EPOCH_DATE_ORDINAL + days)
+
+
+def _ipc_literal(
+    column: IpcColumn, index: int, value_type: pa.DataType, null_type: pa.DataType | None = None
+) -> Literal:
+    value = column.value(index)
+    if value is None:
+        return Literal(None, null_type if null_type is not None else value_type)
+    if pa.types.is_date32(value_type) or pa.types.is_date64(value_type):
+        value = _calendar_date(value, value_type)
+    return Literal(value, value_type)
 
 
 class _ArrowReader:
-    def __init__(self, pairs: list[tuple[str, str]], batch: pa.RecordBatch | None, text: str) -> None:
-        self.pairs = pairs
-        self.batch = batch
+    """Walks the serialized tree: metadata pairs in pre-order, literals and options in the batch's columns.
+
+    The pairs are ``("call", name) ... ("end", name)`` around a call's
+    arguments and its ``("options", column)``, ``("literal", column)`` and
+    ``("field_ref", name)`` leaves.  Every index is checked against the
+    batch and the nesting against :data:`MAX_DEPTH`.
+    """
+
+    def __init__(self, ipc: IpcFile, text: str | None) -> None:
+        self.pairs = ipc.metadata
+        self.columns = ipc.columns
         self.text = text
         self.i = 0
 
     def fail(self, detail: str) -> NoReturn:
         raise _error(ExpressionError, detail, self.text)
 
-    def column(self, index: str) -> pa.Array:
-        if self.batch is None:
-            self.fail("the serialized expression has no literal data")
-        return self.batch.column(int(index))
+    def column(self, index: str, what: str) -> IpcColumn:
+        if not _DIGITS_RE.match(index) or int(index) >= len(self.columns):
+            self.fail(f"the serialized {what} {shown(index)} is not one of the {len(self.columns)} columns")
+        column = self.columns[int(index)]
+        if column.length < 1:
+            self.fail(f"the serialized expression's {what} column is empty")
+        return column
 
-    def node(self) -> Expr | _Cast:
+    def tree(self) -> Expr:
+        tree = self.node(1)
+        if isinstance(tree, _Cast):
+            self.fail("unsupported function 'cast'")
+        if self.i != len(self.pairs):
+            self.fail("unexpected data after the serialized expression")
+        return tree
+
+    def node(self, depth: int) -> Expr | _Cast:
+        if depth > MAX_DEPTH:
+            self.fail(f"the expression nests more than {MAX_DEPTH} levels deep")
         if self.i >= len(self.pairs):
             self.fail("the serialized expression ends early")
         key, value = self.pairs[self.i]
         self.i += 1
         if key == "literal":
-            return _arrow_literal(self.column(value)[0])
+            column = self.column(value, "literal")
+            t = column.type
+            if _kind(t) is None and not pa.types.is_float16(t) and not pa.types.is_null(t):
+                raise _error(ExpressionTypeError, f"literals of type {t} are not supported", self.text)
+            return _ipc_literal(column, 0, t)
         if key == "field_ref":
             return Column(value)
         if key == "nested_field_ref":
             self.fail("nested field references are not supported")
         if key != "call":
-            self.fail(f"unsupported expression element {key!r}")
+            self.fail(f"unsupported expression element {shown(key)}")
         args: list[Expr | _Cast] = []
-        options: pa.StructArray | None = None
+        options: IpcColumn | None = None
         while True:
             if self.i >= len(self.pairs):
-                self.fail(f"the serialized call to {value!r} has no end")
+                self.fail(f"the serialized call to {shown(value)} has no end")
             k, v = self.pairs[self.i]
             if k == "end":
                 self.i += 1
                 break
             if k == "options":
-                options = self.column(v)
+                options = self.column(v, "options")
+                if options.layout.kind != "struct":
+                    self.fail(f"the options of {shown(value)} are not a struct")
                 self.i += 1
             else:
-                args.append(self.node())
+                args.append(self.node(depth + 1))
         return self.call(value, args, options)
 
-    def call(self, name: str, raw_args: list[Expr | _Cast], options: pa.StructArray | None) -> Expr | _Cast:
+    def call(self, name: str, raw_args: list[Expr | _Cast], options: IpcColumn | None) -> Expr | _Cast:
+        def option(field: str) -> IpcColumn:
+            child = options.child(field) if options is not None else None
+            if child is None:
+                self.fail(f"function {shown(name)} has no {field} option")
+            return child
+
         if name == "cast":
             if len(raw_args) != 1 or isinstance(raw_args[0], _Cast) or options is None:
                 self.fail("unsupported function 'cast'")
-            return _Cast(raw_args[0], options.type.field("to_type").type)
+            return _Cast(raw_args[0], option("to_type").type)
         args: list[Expr] = []
         for arg in raw_args:
             if isinstance(arg, _Cast):
@@ -1340,12 +1435,7 @@ class _ArrowReader:
 
         def arity(n: int) -> None:
             if len(args) != n:
-                self.fail(f"function {name!r} takes {n} arguments, got {len(args)}")
-
-        def option(field: str) -> Any:
-            if options is None or options.type.get_field_index(field) < 0:
-                self.fail(f"function {name!r} has no {field} option")
-            return options.field(field)[0].as_py()
+                self.fail(f"function {shown(name)} takes {n} arguments, got {len(args)}")
 
         if name in _ARROW_COMPARE:
             arity(2)
@@ -1373,33 +1463,65 @@ class _ArrowReader:
             return IsNull(args[0], negated=True)
         if name == "is_null":
             arity(1)
-            if options is not None and option("nan_is_null"):
+            if options is not None and option("nan_is_null").value(0) is True:
                 # NaN is the only value not equal to itself
                 return Or(IsNull(args[0]), Compare("!=", args[0], args[0]))
             return IsNull(args[0])
         if name == "is_in":
             arity(1)
             behavior = option("null_matching_behavior")
-            if behavior != 0:
+            if not pa.types.is_integer(behavior.type) or behavior.value(0) != 0:
                 self.fail("function 'is_in' is supported only with null_matching_behavior MATCH (skip_nulls=False)")
-            assert options is not None
-            value_set = options.field("value_set")[0].values
-            return IsIn(args[0], tuple(_arrow_literal(s, pa.null()) for s in value_set))
-        self.fail(f"unsupported function {name!r}")
+            value_set = option("value_set")
+            if value_set.layout.kind != "list" or value_set.is_null(0):
+                self.fail("function 'is_in' needs a list of values")
+            (items,) = value_set.children
+            start, end = value_set.offsets(0)
+            if end - start > MAX_IN_VALUES:
+                self.fail(f"an 'in' list holds more than {MAX_IN_VALUES:,} values")
+            return IsIn(args[0], tuple(_ipc_literal(items, i, items.type, pa.null()) for i in range(start, end)))
+        self.fail(f"unsupported function {shown(name)}")
+
+
+def _translate(data: bytes | bytearray | memoryview, text: str | None) -> Expr:
+    try:
+        return _ArrowReader(read_ipc_file(data), text).tree()
+    except CorruptDataError as exc:
+        raise _error(ExpressionError, f"not a serialized pyarrow expression ({exc.detail})", text) from None
+
+
+def from_serialized(data: bytes | bytearray | memoryview) -> Expr:
+    """Translate a serialized ``pyarrow.compute.Expression`` (the buffer ``Expression.__reduce__`` holds) into a tree.
+
+    The bytes may come from anywhere: they are read by
+    :mod:`~dpdpu.compute.ipc_reader`, in Python, and checked before any value
+    is used, so a malformed or crafted input raises :class:`ExpressionError`
+    and nothing else.  pyarrow's ``Expression._deserialize`` trusts its input
+    and must not see such bytes.  What translates is what :func:`from_arrow`
+    takes; nodes carry ``pos == -1``.
+
+    Raises:
+        ExpressionError: the bytes are not a serialized expression, or it uses
+            something unsupported (named in the message).
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidArgumentError(f"expected the bytes of a serialized expression, got {type(data).__name__}")
+    return _translate(data, None)
 
 
 def from_arrow(expression: pc.Expression) -> Expr:
     """Translate a ``pyarrow.compute.Expression`` into an expression tree.
 
-    Supported: field references by name, literals (their Arrow type and Python
-    value; nanosecond timestamps keep their stored integer), comparisons,
-    ``and``/``or`` (Kleene or not; the non-Kleene forms become Kleene, which
-    differs only under a negation), ``and_not``, ``invert``, ``is_in`` (null
-    matching MATCH), ``is_null`` (with ``nan_is_null`` as
+    Supported: field references by name, literals (their Arrow type and value:
+    dates as ``datetime.date``, timestamps as their stored integer),
+    comparisons, ``and``/``or`` (Kleene or not; the non-Kleene forms become
+    Kleene, which differs only under a negation), ``and_not``, ``invert``,
+    ``is_in`` (null matching MATCH), ``is_null`` (with ``nan_is_null`` as
     ``is null or x != x``), ``is_valid``, ``add``/``subtract``/``multiply``/
     ``divide``/``negate`` and their ``_checked`` forms (dpdpu wraps instead of
     raising, and ``/`` always divides as float64), and casts to float64 directly
-    under a division.  Nodes carry ``pos == -1``.
+    under a division.  Literals of dictionary, decimal, time or nested types are
+    not.  Nodes carry ``pos == -1``.
 
     Raises:
         ExpressionError: anything else, naming the function.
@@ -1409,18 +1531,9 @@ def from_arrow(expression: pc.Expression) -> Expr:
     text = str(expression)
     try:
         _, (buffer,) = expression.__reduce__()
-        reader = pa.ipc.open_file(buffer)
-        batch = reader.get_batch(0) if reader.num_record_batches else None
-        pairs = _metadata_pairs(reader.schema)
     except pa.ArrowException as exc:
         raise _error(ExpressionError, f"cannot read the pyarrow expression: {exc}", text) from exc
-    walker = _ArrowReader(pairs, batch, text)
-    tree = walker.node()
-    if isinstance(tree, _Cast):
-        walker.fail("unsupported function 'cast'")
-    if walker.i != len(pairs):
-        walker.fail("unexpected data after the serialized expression")
-    return tree
+    return _translate(memoryview(buffer), text)
 
 
 # --------------------------------------------------------------------------- tree -> pyarrow

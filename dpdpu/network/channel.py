@@ -131,7 +131,7 @@ class _Wait:
             self.first = 0
         else:
             raise errors.InvalidArgumentError(
-                f"timeout must be None or at least 0 seconds, got {errors.brief(timeout)}"
+                f"timeout must be None or at least 0 seconds, got {errors.shown(timeout)}"
             )
 
     def again(self, rc: int) -> int:
@@ -164,7 +164,7 @@ def _check_name(name: str) -> None:
         valid = "/" not in name and name not in (".", "..")
     if not valid:
         raise errors.InvalidArgumentError(
-            f"invalid channel name {errors.brief(name)}: use 1 to {lib.DPDPU_RING_NAME_MAX} characters without '/', "
+            f"invalid channel name {errors.shown(name)}: use 1 to {lib.DPDPU_RING_NAME_MAX} characters without '/', "
             "or an absolute file path"
         )
 
@@ -172,7 +172,7 @@ def _check_name(name: str) -> None:
 def _check_capacity(capacity: int) -> None:
     if isinstance(capacity, bool) or not isinstance(capacity, int) or not 0 < capacity <= lib.DPDPU_RING_MAX_CAPACITY:
         raise errors.InvalidArgumentError(
-            f"capacity must be an int within 1..{lib.DPDPU_RING_MAX_CAPACITY} bytes, got {errors.brief(capacity)}"
+            f"capacity must be an int within 1..{lib.DPDPU_RING_MAX_CAPACITY} bytes, got {errors.shown(capacity)}"
         )
 
 
@@ -253,7 +253,7 @@ class Channel:
         self._max_message = int(raw.max_message)
         if spin_us is not None and lib.dpdpu_ring_set_spin(handle, spin_us) != 0:
             self._finalizer()
-            raise errors.InvalidArgumentError(f"spin_us must be within 0..1000000, got {errors.brief(spin_us)}")
+            raise errors.InvalidArgumentError(f"spin_us must be within 0..1000000, got {errors.shown(spin_us)}")
         self._len_out = ffi.new("uint64_t *")
         self._count_out = ffi.new("uint32_t *")
         self._view = ffi.new("struct dpdpu_ring_view *")
@@ -296,7 +296,7 @@ class Channel:
             InvalidArgumentError: a bad argument, or the name exists already.
         """
         if role not in ("sender", "receiver"):
-            raise errors.InvalidArgumentError(f"role must be 'sender' or 'receiver', got {errors.brief(role)}")
+            raise errors.InvalidArgumentError(f"role must be 'sender' or 'receiver', got {errors.shown(role)}")
         _check_capacity(capacity)
         name = _fresh_name() if name is None else name
         _check_name(name)
@@ -602,7 +602,7 @@ class Channel:
         cbuf = _as_cbuffer(data)
         n = len(cbuf)
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0):
-            raise errors.InvalidArgumentError(f"chunk must be a positive int, got {errors.brief(chunk)}")
+            raise errors.InvalidArgumentError(f"chunk must be a positive int, got {errors.shown(chunk)}")
         done = ffi.new("uint64_t *")
         with self._lock:
             self._enter("send_bulk", "sender")
@@ -762,7 +762,7 @@ class Channel:
             QueueFullError, RuntimeClosedError, TruncatedDataError: as :meth:`recv`.
         """
         if isinstance(max, bool) or not isinstance(max, int) or max <= 0:
-            raise errors.InvalidArgumentError(f"max must be a positive int, got {errors.brief(max)}")
+            raise errors.InvalidArgumentError(f"max must be a positive int, got {errors.shown(max)}")
         wait = _Wait(timeout)
         with self._lock:
             self._enter("recv_many", "receiver")

@@ -50,14 +50,17 @@ to the host, uploads dropped as broken off), ``devices``, ``drop`` (body ``{"dat
 ``offloads`` (the names of the extra actions) and every action passed as
 ``actions=`` (which take precedence over built-ins of the same name).
 
-**Errors** reach the client as the matching Flight error: malformed JSON,
-unknown fields, bad predicates or columns (in a ticket, or in a
-``get_flight_info``/``get_schema`` command, checked the same way), schema
-mismatches and payloads above ``max_payload_bytes`` are INVALID_ARGUMENT
-(``pyarrow.ArrowInvalid``); an unknown dataset is NOT_FOUND
-(``pyarrow.ArrowKeyError``); a missing or wrong token is UNAUTHENTICATED; a
-dataset that does not fit in the DPU's memory is a ``FlightServerError``.
-The client gets the message only, never the server's traceback (see
+**Errors** reach the client as the matching Flight error: malformed JSON
+(or JSON nested more than 32 levels), unknown fields, bad predicates or
+columns (in a ticket, or in a ``get_flight_info``/``get_schema`` command,
+checked the same way), malformed serialized expressions, schema mismatches,
+tickets, commands and action bodies above ``max_request_bytes`` and payloads
+above ``max_payload_bytes`` are INVALID_ARGUMENT (``pyarrow.ArrowInvalid``);
+an unknown dataset is NOT_FOUND (``pyarrow.ArrowKeyError``); a missing or
+wrong token is UNAUTHENTICATED; a dataset that does not fit in the DPU's
+memory is a ``FlightServerError``.  The client gets a short message (at most
+:data:`~dpdpu.network.flight_server.WIRE_MESSAGE_BYTES`, quoting at most an
+excerpt of its input), never the server's traceback (see
 :mod:`~dpdpu.network.flight_server`).  The server keeps serving after each.
 
 **Routing** (DDS-style): ``route(ticket) -> bool`` decides per ``do_get``
@@ -87,6 +90,7 @@ from ..compute.expr import bind_predicate
 from ..compute.kernels import aggregate as dpdpu_aggregate
 from ..compute.kernels import filter as dpdpu_filter
 from ..compute.kernels import project as dpdpu_project
+from ..errors import clip, shown
 from ..runtime.runtime import Runtime, current_runtime
 from .addresses import is_unspecified
 from .channel import ChannelPair
@@ -222,6 +226,10 @@ class FlightEndpoint:
         tls: ``(certificate chain PEM, private key PEM)``.
         max_payload_bytes: the most one ``do_put`` or ``do_exchange`` may
             send; beyond it the call fails with INVALID_ARGUMENT.
+        max_request_bytes: the most bytes a ticket, a descriptor (command or
+            path) or an action (name and body) may hold; a larger one fails
+            with INVALID_ARGUMENT before it is parsed.  4 MiB, gRPC's own
+            default message limit, by default.
         actions: extra ``do_action`` handlers: JSON-decoded body in (None
             for an empty body), JSON-serialisable result out.
         services: extra ticket/command kinds, dispatched on ``"kind"``.
@@ -248,6 +256,7 @@ class FlightEndpoint:
         token: str | None = None,
         tls: tuple[bytes, bytes] | None = None,
         max_payload_bytes: int = 1 << 30,
+        max_request_bytes: int = 4 << 20,
         actions: Mapping[str, Callable[[Any], Any]] | None = None,
         services: Mapping[str, FlightService] | None = None,
         route: Callable[[dict[str, Any]], bool] | None = None,
@@ -255,8 +264,9 @@ class FlightEndpoint:
         host_timeout: float = 30.0,
     ) -> None:
         scheme, hostname = check_location(location, tls, token)
-        if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) or max_payload_bytes < 1:
-            raise FlightConfigError(f"max_payload_bytes must be a positive integer, not {max_payload_bytes!r}")
+        for option, value in (("max_payload_bytes", max_payload_bytes), ("max_request_bytes", max_request_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FlightConfigError(f"{option} must be a positive integer, not {value!r}")
         if route is not None and host is None:
             raise FlightConfigError("route needs a host channel to forward requests to (host=...)")
         self.services: dict[str, FlightService] = dict(services or {})
@@ -265,6 +275,7 @@ class FlightEndpoint:
         self.actions: dict[str, Callable[[Any], Any]] = dict(actions or {})
         self.runtime = runtime if runtime is not None else current_runtime()
         self.max_payload_bytes = max_payload_bytes
+        self.max_request_bytes = max_request_bytes
         self.route = route
         self._host: HostLink | None = None
         if isinstance(host, str):
@@ -344,21 +355,35 @@ class FlightEndpoint:
 
     # --- requests ----------------------------------------------------------------------------------
 
+    def _check_size(self, size: int, what: str) -> None:
+        if size > self.max_request_bytes:
+            raise invalid(
+                f"{what} too large: {size:,} bytes; this endpoint takes at most {self.max_request_bytes:,} "
+                "(max_request_bytes)"
+            )
+
+    def _request(self, raw: bytes, what: str) -> dict[str, Any]:
+        """A ticket's or command's JSON object, after checking its size."""
+        self._check_size(len(raw), what)
+        return as_object(decode_json(raw, what), what)
+
     def _descriptor_request(self, descriptor: flight.FlightDescriptor, what: str) -> dict[str, Any]:
         if descriptor.descriptor_type == flight.DescriptorType.PATH:
-            path = [p.decode() if isinstance(p, bytes) else str(p) for p in descriptor.path]
+            raw_path = descriptor.path
+            self._check_size(sum(len(p) for p in raw_path), what)
+            path = [p.decode(errors="replace") if isinstance(p, bytes) else str(p) for p in raw_path]
             if len(path) != 1:
-                raise invalid(f"malformed {what}: a path descriptor holds one dataset name, not {path!r}")
+                raise invalid(f"malformed {what}: a path descriptor holds one dataset name, not {shown(path)}")
             return {"dataset": check_name(path[0], what)}
         if descriptor.descriptor_type != flight.DescriptorType.CMD:
             raise invalid(f"malformed {what}: expected a path or a command descriptor")
-        return as_object(decode_json(descriptor.command, what), what)
+        return self._request(descriptor.command, what)
 
     def _service(self, kind: str, what: str) -> FlightService:
         service = self.services.get(kind)
         if service is None:
             known = sorted([DEFAULT_KIND, *self.services])
-            raise invalid(f"malformed {what}: unknown kind {kind!r}; this endpoint serves {known}")
+            raise invalid(f"malformed {what}: unknown kind {shown(kind)}; this endpoint serves {known}")
         return service
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -366,7 +391,7 @@ class FlightEndpoint:
             self._counts[key] += n
 
     def _do_get(self, context: Any, raw_ticket: flight.Ticket) -> flight.FlightDataStream:
-        request = as_object(decode_json(raw_ticket.ticket, "ticket"), "ticket")
+        request = self._request(raw_ticket.ticket, "ticket")
         kind = kind_of(request, "ticket")
         if kind != DEFAULT_KIND:
             return self._service(kind, "ticket").do_get(request, context)
@@ -391,7 +416,9 @@ class FlightEndpoint:
         try:
             return bool(self.route(request))
         except Exception as exc:
-            raise flight.FlightServerError(f"the offload predicate raised {type(exc).__name__}: {exc}") from exc
+            raise flight.FlightServerError(
+                f"the offload predicate raised {type(exc).__name__}: {clip(str(exc))}"
+            ) from exc
 
     def _do_put(
         self,
@@ -441,7 +468,8 @@ class FlightEndpoint:
                 continue  # a metadata-only message
             if not batch.schema.equals(schema):
                 raise invalid(
-                    f"schema mismatch in {what}: a batch has schema\n{batch.schema}\nnot the declared\n{schema}"
+                    f"schema mismatch in {what}: a batch has schema\n{clip(str(batch.schema))}\n"
+                    f"not the declared\n{clip(str(schema))}"
                 )
             yield batch
 
@@ -454,7 +482,7 @@ class FlightEndpoint:
     ) -> None:
         if descriptor.descriptor_type != flight.DescriptorType.CMD:
             raise invalid('malformed exchange descriptor: expected a command {"pipeline": [...]}')
-        request = as_object(decode_json(descriptor.command, "exchange command"), "exchange command")
+        request = self._request(descriptor.command, "exchange command")
         kind = kind_of(request, "exchange command")
         if kind != DEFAULT_KIND:
             service: Any = self._service(kind, "exchange command")
@@ -523,7 +551,7 @@ class FlightEndpoint:
         if req.columns is not None:
             for name in req.columns:
                 if schema.get_field_index(name) < 0:
-                    raise invalid(f"no column {name!r} in dataset {stored.name!r}; it has {schema.names}")
+                    raise invalid(f"no column {shown(name)} in dataset {stored.name!r}; it has {shown(schema.names)}")
             schema = pa.schema([schema.field(c) for c in req.columns])
         if req.predicate is not None:
             # Checked as do_get would: a command whose ticket do_get would
@@ -563,8 +591,9 @@ class FlightEndpoint:
         return sorted(out.items())
 
     def _do_action(self, action: flight.Action) -> Iterator[flight.Result]:
+        self._check_size(len(action.type) + (action.body.size if action.body is not None else 0), "action")
         body_bytes = action.body.to_pybytes() if action.body is not None else b""
-        body = decode_json(body_bytes, f"body of action {action.type!r}") if body_bytes.strip() else None
+        body = decode_json(body_bytes, f"body of action {shown(action.type)}") if body_bytes.strip() else None
         handler = self.actions.get(action.type)
         if handler is not None:
             result = handler(body)
@@ -582,11 +611,13 @@ class FlightEndpoint:
             result = sorted(self.actions)
         else:
             known = sorted({*_BUILTIN_ACTIONS, *self.actions})
-            raise invalid(f"unknown action {action.type!r}; this endpoint offers {known}")
+            raise invalid(f"unknown action {shown(action.type)}; this endpoint offers {shown(known)}")
         try:
             payload = json.dumps(result).encode()
         except (TypeError, ValueError) as exc:
-            raise flight.FlightServerError(f"action {action.type!r} returned a value JSON cannot hold: {exc}") from exc
+            raise flight.FlightServerError(
+                f"action {action.type!r} returned a value JSON cannot hold: {clip(str(exc))}"
+            ) from exc
         return iter([flight.Result(pa.py_buffer(payload))])
 
     def stats(self) -> dict[str, Any]:

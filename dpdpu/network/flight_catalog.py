@@ -40,6 +40,7 @@ from ..compute.expr import bind_predicate
 from ..compute.expr import columns as expr_columns
 from ..compute.kernels import filter as dpdpu_filter
 from ..compute.kernels import project as dpdpu_project
+from ..errors import clip, shown
 from ..runtime.device import DeviceBuffer
 from ..runtime.runtime import Runtime
 from ..storage.dataset import Dataset, open_dataset, write_dataset
@@ -254,8 +255,8 @@ class Catalog:
             raise invalid(f"dataset {req.dataset!r} exists already (mode 'create'); use mode 'replace' or 'append'")
         if old is not None and req.mode == "append" and not old.schema.equals(schema):
             raise invalid(
-                f"schema mismatch: appending to dataset {req.dataset!r} needs its schema\n{old.schema}\n"
-                f"but the upload declares\n{schema}"
+                f"schema mismatch: appending to dataset {req.dataset!r} needs its schema\n{clip(str(old.schema))}\n"
+                f"but the upload declares\n{clip(str(schema))}"
             )
 
     def _put_memory(
@@ -369,7 +370,8 @@ class Catalog:
             for name in cols:
                 if stored.schema.get_field_index(name) < 0:
                     raise errors.UnknownColumnError(
-                        f"no column {name!r} in dataset {stored.name!r}; it has {stored.schema.names}", op="flight"
+                        f"no column {shown(name)} in dataset {stored.name!r}; it has {shown(stored.schema.names)}",
+                        op="flight",
                     )
         if stored.dataset is not None:
             result = stored.dataset.scan(predicate, cols, runtime=rt)

@@ -8,6 +8,12 @@ UNAUTHENTICATED ...) and everything else into INTERNAL.  :func:`flight_error`
 picks the right one for each error a handler can meet, so clients see the
 status that matches the cause, with the message that explains it.
 
+Messages are short: error messages quote at most an excerpt of their input
+(:func:`dpdpu.errors.shown`), and :func:`flight_error` cuts whatever a
+handler raises to :data:`WIRE_MESSAGE_BYTES`, so that a status (which gRPC
+and Flight carry several times over in its trailing metadata) stays far
+below gRPC's 16 KiB metadata limit and the client sees the real error.
+
 Only the message leaves the server.  pyarrow describes a Python exception
 that becomes a non-Flight status (INVALID_ARGUMENT, NOT_FOUND ...) with
 ``traceback.format_exception`` and sends that text to the client as the
@@ -40,6 +46,7 @@ from .addresses import is_loopback
 from .flight_catalog import UploadAbortedError
 
 __all__ = [
+    "WIRE_MESSAGE_BYTES",
     "BearerAuth",
     "FlightConfigError",
     "check_location",
@@ -59,6 +66,10 @@ class FlightConfigError(errors.InvalidArgumentError):
 
 
 _log = logging.getLogger(__name__)
+
+#: The most bytes of message an error sends to the client.  pyarrow's client repeats the message
+#: in the text of its exception, which then stays under 1 KiB.
+WIRE_MESSAGE_BYTES = 320
 
 #: attribute set on exceptions bound for the wire: their traceback stays on the server
 _WIRE_MARK = "_dpdpu_flight_wire"
@@ -106,22 +117,38 @@ def _for_wire(exc: BaseException, cause: BaseException) -> BaseException:
     return exc
 
 
+def _wire_message(exc: BaseException) -> str:
+    """``exc``'s message, cut to :data:`WIRE_MESSAGE_BYTES` of UTF-8."""
+    # str() of a plain KeyError quotes its message
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) else str(exc)
+    data = text.encode("utf-8", "replace")
+    if len(data) <= WIRE_MESSAGE_BYTES:
+        return text
+    note = f"... (cut from {len(data):,} bytes)"
+    return data[: WIRE_MESSAGE_BYTES - len(note)].decode("utf-8", "ignore") + note
+
+
 def flight_error(exc: BaseException) -> BaseException:
-    """The exception to raise so that the client sees the Flight status matching ``exc``."""
+    """The exception to raise so that the client sees the Flight status matching ``exc``, with a short message."""
+    message = _wire_message(exc)
     if isinstance(exc, (flight.FlightError, pa.ArrowException, NotImplementedError)):
-        return exc
+        if message == str(exc):
+            return exc
+        with contextlib.suppress(TypeError):  # the same type, with the message cut
+            return type(exc)(message, exc.extra_info) if isinstance(exc, flight.FlightError) else type(exc)(message)
     out: BaseException
     if isinstance(exc, UploadAbortedError):
-        out = flight.FlightCancelledError(str(exc))
+        out = flight.FlightCancelledError(message)
     elif isinstance(exc, (KeyError, errors.NoSuchFileError)):
-        # str() of a plain KeyError quotes its message
-        out = pa.ArrowKeyError(exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc))
+        out = pa.ArrowKeyError(message)
+    elif isinstance(exc, NotImplementedError):
+        out = NotImplementedError(message)
     elif isinstance(exc, errors.DeviceMemoryError):
-        out = flight.FlightServerError(str(exc))
+        out = flight.FlightServerError(message)
     elif isinstance(exc, (ValueError, TypeError)):
-        out = pa.ArrowInvalid(str(exc))  # dpdpu's invalid-argument and expression errors are ValueErrors
+        out = pa.ArrowInvalid(message)  # dpdpu's invalid-argument and expression errors are ValueErrors
     else:
-        out = flight.FlightServerError(f"{type(exc).__name__}: {exc}")
+        out = flight.FlightServerError(f"{type(exc).__name__}: {message}")
     return out
 
 
@@ -151,9 +178,15 @@ def mapped_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
 
 def _raise_mapped(exc: Exception) -> NoReturn:
     out = _for_wire(flight_error(exc), exc)
-    if out is exc:
-        raise exc
-    raise out from exc
+    try:
+        if out is exc:
+            raise exc
+        raise out from exc
+    finally:
+        # This frame ends up in the raised exception's traceback: holding the exception in its
+        # locals would make a reference cycle, which keeps the request (a ticket of megabytes)
+        # alive until the next garbage collection instead of freeing it with the call.
+        del out, exc
 
 
 # --- auth ---------------------------------------------------------------------------------------

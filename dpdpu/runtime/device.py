@@ -146,8 +146,10 @@ class OutputBudget:
     buffers.  This base class books nothing.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, job: int | None = None) -> None:
         self.limit = limit
+        #: the engine's largest job: output of unknown size may not pass it there
+        self.job = job
 
     def charge(self, piece: Any) -> None:
         """Book ``piece``, a bytes-like object of output just made, as held by the task."""

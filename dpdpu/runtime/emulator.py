@@ -104,8 +104,8 @@ class _Record:
 class _HeldOutput(OutputBudget):
     """A metered task's output on an on-device engine: each piece is held as device memory."""
 
-    def __init__(self, limit: int, native: NativeDevice) -> None:
-        super().__init__(limit)
+    def __init__(self, limit: int, job: int | None, native: NativeDevice) -> None:
+        super().__init__(limit, job)
         self._native = native
         self._held: list[Any] = []
 
@@ -143,10 +143,10 @@ class EmulatorDevice(Device):
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
-            raise errors.InvalidArgumentError(f"workers must be an integer from 1 to 256, not {errors.brief(workers)}")
+            raise errors.InvalidArgumentError(f"workers must be an integer from 1 to 256, not {errors.shown(workers)}")
         if isinstance(queue_depth, bool) or not isinstance(queue_depth, int) or not 0 <= queue_depth < 1 << 32:
             raise errors.InvalidArgumentError(
-                f"queue_depth must be an integer from 0 (the default, 1024) to 2**32-1, not {errors.brief(queue_depth)}"
+                f"queue_depth must be an integer from 0 (the default, 1024) to 2**32-1, not {errors.shown(queue_depth)}"
             )
         self.profile = profile
         self.label = profile.name
@@ -459,8 +459,8 @@ class EmulatorDevice(Device):
     def _budget(self, engine: EngineInfo) -> OutputBudget:
         room = self.output_room(engine)
         if engine.on_device and self._native is not None:
-            return _HeldOutput(room, self._native)
-        return OutputBudget(room)
+            return _HeldOutput(room, engine.max_job_bytes, self._native)
+        return OutputBudget(room, engine.max_job_bytes)
 
     def _runner(self, rec: _Record, uid: int) -> Any:
         def run() -> int:
@@ -592,6 +592,8 @@ class EmulatorDevice(Device):
             return
         if status == _ERR_CALLBACK and rec.exc is not None:
             err = rec.exc
+            if task.metered and isinstance(err, errors.JobTooLargeError) and self._rerun_elsewhere(rec, err):
+                return
             if task.op != "python" and isinstance(err, errors.DpdpuError):
                 # A codec's own error: say where it ran, like the core's errors do.
                 self._fail(rec, placement, err.on(self.label, rec.engine.name))
@@ -672,12 +674,37 @@ class EmulatorDevice(Device):
             self._fail(rec, placement, exc)
         return True
 
+    def _rerun_elsewhere(self, rec: _Record, err: errors.JobTooLargeError) -> bool:
+        """Rerun a metered task whose output outgrew its engine's largest job on an engine without that limit."""
+        placement = rec.future.placement
+        assert placement is not None and placement.timeline is not None
+        limit = rec.engine.max_job_bytes
+        others = [
+            e for e in self.engines
+            if e is not rec.engine and (e.max_job_bytes is None or (limit is not None and e.max_job_bytes > limit))
+            and self.can_run(rec.task, e) is None
+        ]  # fmt: skip
+        if placement.strict or not others:
+            return False
+        other = others[0]
+        placement.fallback = f"{rec.engine.label} cannot take the output: {err.detail}"
+        placement.engine, placement.kind = other.label, other.kind
+        placement.attempts += 1
+        timeline = placement.timeline
+        try:
+            self._submit_record(_Record(rec.task, other, rec.future), timeline.finish_s, timeline.arrival_s)
+        except errors.DpdpuError as exc:
+            self._fail(rec, placement, exc)
+        return True
+
     def _cannot_grow(self, rerun: Task, engine: EngineInfo) -> Refusal | None:
         """Why ``engine`` cannot rerun a decompression at its exact output size, or None."""
         room = self.output_room(engine)
         if rerun.dst_size > room:
             return Refusal("memory", f"{_size(room)} free for output of unknown size")
-        return self.can_run(rerun, engine)
+        refusal = self.can_run(rerun, engine)
+        # A full queue only delays the rerun: its submission waits for room (workers make it).
+        return None if refusal is not None and refusal.kind == "busy" else refusal
 
     def _correct_python(self, rec: _Record, placement: Placement) -> None:
         """Replace the estimated run time of a Python task by the measured one."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .cost import SPLITTABLE, CostModel, EngineClock, Timeline
 from .device import EngineInfo, Refusal
 from .placement import _size
-from .profile import Profile
+from .profile import Figure, Profile
 
 __all__ = ["DEFAULT_COALESCING", "Coalescing", "DeviceModel"]
 
@@ -73,6 +73,12 @@ class _Batch:
     start_s: float
     count: int
     nbytes: int
+
+
+def _short_cite(fig: Figure) -> str:
+    """Where a figure comes from, in a few words (its source up to the first colon)."""
+    short = fig.source.split(":")[0].strip()
+    return f"assumption: {short}" if fig.assumption else short
 
 
 class DeviceModel:
@@ -133,7 +139,7 @@ class DeviceModel:
             size = max(nbytes, out_bytes) if op.endswith("_decompress") else nbytes
             if size > limit:
                 fig = self._eprof[engine.name].max_job_bytes
-                cite = f" ({fig.cite()})" if fig is not None else ""
+                cite = f" ({_short_cite(fig)})" if fig is not None else ""
                 big, cap = _size(size), _size(limit)
                 if big == cap:  # too close to tell apart in rounded units
                     big, cap = f"{size:,} B", f"{limit:,} B"

@@ -297,7 +297,7 @@ class NativeDevice:
         accounting is released when the map is collected.
         """
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes <= 0:
-            raise errors.InvalidArgumentError(f"cannot allocate {errors.brief(nbytes)} bytes", device=self.name)
+            raise errors.InvalidArgumentError(f"cannot allocate {errors.shown(nbytes)} bytes", device=self.name)
         capacity = self.memory_capacity
         if capacity is not None and nbytes > capacity - self.memory_used:
             # Refuse before allocating: the host may not have that much either.

@@ -56,10 +56,10 @@ class OffloadFunction(Generic[P, R]):
 def _check_options(engine: Any, fallback: Any, name: Any) -> None:
     if engine is not None and (not isinstance(engine, str) or engine not in FALLBACK_CHAIN):
         raise errors.InvalidArgumentError(
-            f"unknown engine kind {errors.brief(engine)}; choose one of {', '.join(FALLBACK_CHAIN)}"
+            f"unknown engine kind {errors.shown(engine)}; choose one of {', '.join(FALLBACK_CHAIN)}"
         )
     if not isinstance(fallback, bool):
-        raise errors.InvalidArgumentError(f"fallback must be True or False, not {errors.brief(fallback)}")
+        raise errors.InvalidArgumentError(f"fallback must be True or False, not {errors.shown(fallback)}")
     if name is not None and not isinstance(name, str):
         raise errors.InvalidArgumentError(f"name must be a string or None, not {type(name).__name__}")
 

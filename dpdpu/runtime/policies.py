@@ -226,7 +226,7 @@ def policy_for(spec: str | Policy) -> Policy:
     cls = _REGISTRY.get(spec) if isinstance(spec, str) else None
     if cls is None:
         raise errors.InvalidArgumentError(
-            f"unknown placement policy {errors.brief(spec)}; choose one of {', '.join(_REGISTRY)}"
+            f"unknown placement policy {errors.shown(spec)}; choose one of {', '.join(_REGISTRY)}"
         )
     return cls()
 
@@ -237,12 +237,12 @@ def pinned_policy(engine: str, device: Device, host: Device | None, op: str) -> 
         found = [i for d in (device, host) if d is not None for i in d.engines if i.label == engine]
         if not found:
             raise errors.InvalidArgumentError(
-                f"no engine {errors.brief(engine)} in this runtime", device=device.label, op=op
+                f"no engine {errors.shown(engine)} in this runtime", device=device.label, op=op
             )
         return Pinned(found[0].kind, engine)
     if engine not in FALLBACK_CHAIN:
         raise errors.InvalidArgumentError(
-            f"unknown engine kind {errors.brief(engine)}; choose one of {', '.join(ENGINE_KINDS)}",
+            f"unknown engine kind {errors.shown(engine)}; choose one of {', '.join(ENGINE_KINDS)}",
             device=device.label,
             op=op,
         )

@@ -267,7 +267,7 @@ class Runtime:
         """
         if not any(e.label == engine for d in self.devices for e in d.engines):
             labels = ", ".join(e.label for d in self.devices for e in d.engines)
-            raise errors.InvalidArgumentError(f"no engine {errors.brief(engine)}; this runtime has {labels}")
+            raise errors.InvalidArgumentError(f"no engine {errors.shown(engine)}; this runtime has {labels}")
         token = _pinned.set(engine)
         try:
             yield

@@ -166,19 +166,19 @@ class KvStore:
             raise errors.InvalidArgumentError(f"model must be a ModelShape, not {type(model).__name__}")
         if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens <= 0:
             raise errors.InvalidArgumentError(
-                f"chunk_tokens must be a positive integer, not {errors.brief(chunk_tokens)}"
+                f"chunk_tokens must be a positive integer, not {errors.shown(chunk_tokens)}"
             )
         for name, codec in (("dram_codec", dram_codec), ("disk_codec", disk_codec)):
             if codec is not None and codec not in CODECS:
                 raise errors.InvalidArgumentError(
-                    f"{name} must be one of {', '.join(CODECS)} or None, not {errors.brief(codec)}"
+                    f"{name} must be one of {', '.join(CODECS)} or None, not {errors.shown(codec)}"
                 )
         if quantize not in (None, "int8"):
-            raise errors.InvalidArgumentError(f"quantize must be None or 'int8', not {errors.brief(quantize)}")
+            raise errors.InvalidArgumentError(f"quantize must be None or 'int8', not {errors.shown(quantize)}")
         if isinstance(max_staged, bool) or not isinstance(max_staged, int) or max_staged <= 0:
-            raise errors.InvalidArgumentError(f"max_staged must be a positive integer, not {errors.brief(max_staged)}")
+            raise errors.InvalidArgumentError(f"max_staged must be a positive integer, not {errors.shown(max_staged)}")
         if data_dir is not None and (isinstance(disk_bytes, bool) or int(disk_bytes) <= 0):
-            raise errors.InvalidArgumentError(f"disk_bytes must be positive, not {errors.brief(disk_bytes)}")
+            raise errors.InvalidArgumentError(f"disk_bytes must be positive, not {errors.shown(disk_bytes)}")
         self.model = model
         self.chunk_tokens = chunk_tokens
         self.runtime = runtime
@@ -442,7 +442,7 @@ class KvStore:
         if not keys:
             return 0
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.model.layers:
-            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {errors.brief(layer)}")
+            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {errors.shown(layer)}")
         n = len(arr_tokens)
         full = len(keys) * self.chunk_tokens
         one = self._as_kv_layer(kv_layer, n)
@@ -643,7 +643,7 @@ class KvStore:
         """
         self._check_open()
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.model.layers:
-            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {errors.brief(layer)}")
+            raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {errors.shown(layer)}")
         keys = self.keys(tokens)
         plan = self._plan(keys)
         c = self.chunk_tokens

@@ -48,7 +48,7 @@ REPRESENTATIONS = ("raw", "int8")
 def _check_codec(codec: str | None) -> None:
     if codec is not None and codec not in CODECS:
         raise errors.InvalidArgumentError(
-            f"codec must be one of {', '.join(CODECS)} or None, not {errors.brief(codec)}"
+            f"codec must be one of {', '.join(CODECS)} or None, not {errors.shown(codec)}"
         )
 
 
@@ -125,7 +125,7 @@ def encode(chunk: np.ndarray[Any, Any], model: ModelShape, *, rep: str = "raw", 
         raw, quant = _quantize(chunk, model)
     else:
         raise errors.InvalidArgumentError(
-            f"representation must be one of {', '.join(REPRESENTATIONS)}, not {errors.brief(rep)}"
+            f"representation must be one of {', '.join(REPRESENTATIONS)}, not {errors.shown(rep)}"
         )
     lens = [len(s) for s in raw]
     segs = raw if codec is None else [codecs.compress(s, codec) for s in raw]

@@ -75,7 +75,7 @@ class KvConnector:
         with self._lock:
             req = self._requests.get(request_id)
         if req is None:
-            raise errors.InvalidArgumentError(f"no request {errors.brief(request_id)}: call start_load_kv first")
+            raise errors.InvalidArgumentError(f"no request {errors.shown(request_id)}: call start_load_kv first")
         return req
 
     def start_load_kv(self, tokens: Any, *, request_id: str = "default") -> int:
@@ -85,7 +85,7 @@ class KvConnector:
         req = _Request(arr, layers=[None] * layers, ready=[threading.Event() for _ in range(layers)])
         with self._lock:
             if request_id in self._requests:
-                raise errors.InvalidArgumentError(f"request {errors.brief(request_id)} is already in flight")
+                raise errors.InvalidArgumentError(f"request {errors.shown(request_id)} is already in flight")
             self._requests[request_id] = req
         hit = self.store.lookup(arr)
         req.hit = hit
@@ -113,10 +113,10 @@ class KvConnector:
         """Block until ``layer`` is loaded; returns it as ``[2, tokens, kv_heads, head_dim]`` (None without a hit)."""
         req = self._request(request_id)
         if not 0 <= layer < len(req.ready):
-            raise errors.InvalidArgumentError(f"layer must be in [0, {len(req.ready)}), not {errors.brief(layer)}")
+            raise errors.InvalidArgumentError(f"layer must be in [0, {len(req.ready)}), not {errors.shown(layer)}")
         if not req.ready[layer].wait(timeout):
             raise errors.QueueFullError(
-                f"layer {layer} of request {errors.brief(request_id)} did not load in {timeout} s"
+                f"layer {layer} of request {errors.shown(request_id)} did not load in {timeout} s"
             )
         if req.error is not None:
             raise req.error

@@ -65,14 +65,14 @@ class ModelShape:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise errors.InvalidArgumentError(f"model name must be a non-empty string, not {errors.brief(self.name)}")
+            raise errors.InvalidArgumentError(f"model name must be a non-empty string, not {errors.shown(self.name)}")
         for field in ("layers", "kv_heads", "head_dim"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise errors.InvalidArgumentError(f"{field} must be a positive integer, not {errors.brief(value)}")
+                raise errors.InvalidArgumentError(f"{field} must be a positive integer, not {errors.shown(value)}")
         dtype = _ALIASES.get(self.dtype, self.dtype)
         if dtype not in DTYPES:
-            raise errors.InvalidArgumentError(f"dtype must be one of {sorted(DTYPES)}, not {errors.brief(self.dtype)}")
+            raise errors.InvalidArgumentError(f"dtype must be one of {sorted(DTYPES)}, not {errors.shown(self.dtype)}")
         object.__setattr__(self, "dtype", dtype)
 
     @property

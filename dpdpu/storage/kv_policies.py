@@ -199,5 +199,5 @@ def make_policy(name: str, capacity: int) -> LruPolicy | S3FifoPolicy:
     if name in ("s3fifo", "s3-fifo"):
         return S3FifoPolicy(capacity)
     raise errors.InvalidArgumentError(
-        f"unknown eviction policy {errors.brief(name)}; choose one of {', '.join(POLICIES)}"
+        f"unknown eviction policy {errors.shown(name)}; choose one of {', '.join(POLICIES)}"
     )

@@ -144,7 +144,7 @@ class KvFlightService:
 
             return flight.GeneratorStream(schema, batches())
         raise errors.InvalidArgumentError(
-            f"unknown kv op {errors.brief(op)}: use info, lookup or retrieve (store is a do_put)"
+            f"unknown kv op {errors.shown(op)}: use info, lookup or retrieve (store is a do_put)"
         )
 
     def do_put(self, request: dict[str, Any], reader: Any, writer: Any, context: Any) -> None:

@@ -118,7 +118,7 @@ def model_shape(spec: str | ModelShape) -> ModelShape:
         except ValueError:
             pass
     raise errors.InvalidArgumentError(
-        f"unknown model {errors.brief(spec)}: use one of {', '.join(MODELS)} or NAME:LAYERS:KV_HEADS:HEAD_DIM[:DTYPE]"
+        f"unknown model {errors.shown(spec)}: use one of {', '.join(MODELS)} or NAME:LAYERS:KV_HEADS:HEAD_DIM[:DTYPE]"
     )
 
 
@@ -173,7 +173,7 @@ def _validate(data: Any, where: str) -> list[dict[str, Any]]:
                 ok = ok and n >= 0
             if not ok:
                 raise TraceError(
-                    f"{where}: request {i} has a bad span {errors.brief(span)} (ids must be 64-bit integers)"
+                    f"{where}: request {i} has a bad span {errors.shown(span)} (ids must be 64-bit integers)"
                 )
             tokens += n
             if tokens > MAX_REQUEST_TOKENS:
@@ -184,7 +184,7 @@ def _validate(data: Any, where: str) -> list[dict[str, Any]]:
         except OverflowError:
             ok = False
         if not ok:
-            raise TraceError(f"{where}: request {i} has a bad time {errors.brief(t)} (a finite number of seconds)")
+            raise TraceError(f"{where}: request {i} has a bad time {errors.shown(t)} (a finite number of seconds)")
         out.append({"t": float(t), **{k: v for k, v in req.items() if k != "t"}})
     out.sort(key=lambda r: r["t"])  # stable: equal times keep file order
     return out
@@ -218,7 +218,7 @@ def load_trace(path: str | Path | None = None) -> list[dict[str, Any]]:
                 reqs.append({"t": float(row["t"]), "session": row.get("session", ""), "prompt": spans})
             except (KeyError, ValueError, IndexError, AttributeError, TypeError) as exc:
                 # (a short row has None for its missing fields)
-                raise TraceError(f"{p}: bad CSV row {errors.brief(row)}") from exc
+                raise TraceError(f"{p}: bad CSV row {errors.shown(row)}") from exc
         return _validate({"requests": reqs}, str(p))
     try:
         data = json.loads(text)
@@ -355,7 +355,7 @@ def simulate(
     shape = model_shape(model)
     if prefill_tokens_per_s <= 0 or not math.isfinite(prefill_tokens_per_s):
         raise errors.InvalidArgumentError(
-            f"prefill_tokens_per_s must be positive, not {errors.brief(prefill_tokens_per_s)}"
+            f"prefill_tokens_per_s must be positive, not {errors.shown(prefill_tokens_per_s)}"
         )
     storage = profile.storage
     if storage is None and disk_bytes > 0:
