@@ -31,71 +31,38 @@ static void tune_allocator(void)
 
 static pthread_once_t allocator_once = PTHREAD_ONCE_INIT;
 
-static void engine_stop_threads(struct dpdpu_engine *e, int drain)
-{
-    pthread_mutex_lock(&e->lock);
-    __atomic_store_n(&e->stopping, 1, __ATOMIC_RELEASE);
-    e->drain = drain;
-    pthread_cond_broadcast(&e->has_work);
-    pthread_cond_broadcast(&e->has_room);
-    pthread_mutex_unlock(&e->lock);
-    for (uint32_t i = 0; i < e->n_threads; i++)
-        pthread_join(e->threads[i], NULL);
-    e->n_threads = 0;
-}
-
-static void engine_destroy(struct dpdpu_engine *e)
-{
-    free(e->threads);
-    e->threads = NULL;
-    pthread_cond_destroy(&e->has_room);
-    pthread_cond_destroy(&e->has_work);
-    pthread_mutex_destroy(&e->lock);
-}
-
 static int engine_init(struct dpdpu_dev *dev, uint32_t index, const struct dpdpu_engine_cfg *cfg)
 {
     struct dpdpu_engine *e = &dev->engines[index];
-    char fallback[16] = "engine";
+    int rc;
 
     if (cfg->workers == 0 || cfg->workers > DPDPU_MAX_WORKERS)
         return DPDPU_ERR_INVALID_ARGUMENT;
     if (cfg->ops_mask >> DPDPU_OP_COUNT)
         return DPDPU_ERR_UNKNOWN_OP;
 
-    copy_name(e->name, sizeof(e->name), cfg->name, fallback);
+    copy_name(e->name, sizeof(e->name), cfg->name, "engine");
     e->index = index;
     e->ops_mask = cfg->ops_mask;
-    e->queue_depth = cfg->queue_depth ? cfg->queue_depth : DPDPU_DEFAULT_QUEUE_DEPTH;
     e->max_job_bytes = cfg->max_job_bytes ? cfg->max_job_bytes : UINT64_MAX;
     e->on_device = cfg->on_device != 0;
     e->dev = dev;
+    rc = dpdpu__engine_queue_init(e, cfg->queue_depth ? cfg->queue_depth : DPDPU_DEFAULT_QUEUE_DEPTH);
+    if (rc != DPDPU_OK)
+        return rc;
+    if ((rc = dpdpu__queue_start(&e->queue, cfg->workers)) != DPDPU_OK)
+        dpdpu__queue_destroy(&e->queue);
+    return rc;
+}
 
-    if (pthread_mutex_init(&e->lock, NULL) != 0)
-        return DPDPU_ERR_INTERNAL;
-    if (dpdpu__cond_init_monotonic(&e->has_work) != 0) {
-        pthread_mutex_destroy(&e->lock);
-        return DPDPU_ERR_INTERNAL;
+/* Whether any op in mask runs through the device callback. */
+static int calls_back(uint32_t mask)
+{
+    for (uint32_t op = 0; op < DPDPU_OP_COUNT; op++) {
+        if (((mask >> op) & 1u) && dpdpu__op(op)->callback)
+            return 1;
     }
-    if (dpdpu__cond_init_monotonic(&e->has_room) != 0) {
-        pthread_cond_destroy(&e->has_work);
-        pthread_mutex_destroy(&e->lock);
-        return DPDPU_ERR_INTERNAL;
-    }
-    e->threads = calloc(cfg->workers, sizeof(pthread_t));
-    if (e->threads == NULL) {
-        engine_destroy(e);
-        return DPDPU_ERR_NO_MEMORY;
-    }
-    for (uint32_t i = 0; i < cfg->workers; i++) {
-        if (pthread_create(&e->threads[i], NULL, dpdpu__worker_main, e) != 0) {
-            engine_stop_threads(e, 0);
-            engine_destroy(e);
-            return DPDPU_ERR_INTERNAL;
-        }
-        e->n_threads++;
-    }
-    return DPDPU_OK;
+    return 0;
 }
 
 int dpdpu_dev_open(const struct dpdpu_dev_cfg *cfg, struct dpdpu_dev **out)
@@ -108,7 +75,7 @@ int dpdpu_dev_open(const struct dpdpu_dev_cfg *cfg, struct dpdpu_dev **out)
     pthread_once(&allocator_once, tune_allocator);
     for (uint32_t i = 0; i < cfg->n_engines; i++) {
         /* A callback op without a callback could never complete sensibly. */
-        if ((cfg->engines[i].ops_mask & DPDPU__CALLBACK_OPS_MASK) && cfg->callback == NULL)
+        if (calls_back(cfg->engines[i].ops_mask) && cfg->callback == NULL)
             return DPDPU_ERR_INVALID_ARGUMENT;
     }
 
@@ -128,8 +95,8 @@ int dpdpu_dev_open(const struct dpdpu_dev_cfg *cfg, struct dpdpu_dev **out)
     }
     if (rc != DPDPU_OK) {
         for (uint32_t i = 0; i < dev->n_engines; i++) {
-            engine_stop_threads(&dev->engines[i], 0);
-            engine_destroy(&dev->engines[i]);
+            dpdpu__queue_stop(&dev->engines[i].queue, 0);
+            dpdpu__queue_destroy(&dev->engines[i].queue);
         }
         free(dev);
         return rc;
@@ -138,15 +105,15 @@ int dpdpu_dev_open(const struct dpdpu_dev_cfg *cfg, struct dpdpu_dev **out)
     return DPDPU_OK;
 }
 
-/* The engines' locks live as long as the device, not just until close: a
- * submission racing dpdpu_dev_close() may still take one, and then finds its
- * engine stopping. */
+/* The engines' queues live as long as the device, not just until close: a
+ * submission racing dpdpu_dev_close() may still take a queue's lock, and
+ * then finds the queue stopping. */
 static void dev_unref(struct dpdpu_dev *dev)
 {
     if (__atomic_sub_fetch(&dev->refs, 1, __ATOMIC_ACQ_REL) != 0)
         return;
     for (uint32_t i = 0; i < dev->n_engines; i++)
-        engine_destroy(&dev->engines[i]);
+        dpdpu__queue_destroy(&dev->engines[i].queue);
     free(dev);
 }
 
@@ -156,7 +123,7 @@ int dpdpu_dev_close(struct dpdpu_dev *dev, int drain)
     if (dev == NULL || __atomic_exchange_n(&dev->closed, 1, __ATOMIC_ACQ_REL))
         return DPDPU_ERR_INVALID_ARGUMENT;
     for (uint32_t i = 0; i < dev->n_engines; i++)
-        engine_stop_threads(&dev->engines[i], drain);
+        dpdpu__queue_stop(&dev->engines[i].queue, drain);
     return DPDPU_OK;
 }
 
@@ -201,31 +168,35 @@ int dpdpu_dev_cap_max_job_bytes(const struct dpdpu_dev *dev, uint32_t engine, ui
 
 int dpdpu_dev_engine_stats(const struct dpdpu_dev *dev, uint32_t engine, struct dpdpu_engine_stats *out)
 {
-    const struct dpdpu_engine_stats *s;
+    const struct dpdpu_engine *e;
+    struct dpdpu_queue_counters c;
 
     if (dev == NULL || out == NULL || engine >= dev->n_engines)
         return DPDPU_ERR_INVALID_ARGUMENT;
-    s = &dev->engines[engine].stats;
-    out->tasks = __atomic_load_n(&s->tasks, __ATOMIC_RELAXED);
-    out->failed = __atomic_load_n(&s->failed, __ATOMIC_RELAXED);
-    out->inlined = __atomic_load_n(&s->inlined, __ATOMIC_RELAXED);
-    out->bytes_in = __atomic_load_n(&s->bytes_in, __ATOMIC_RELAXED);
-    out->bytes_out = __atomic_load_n(&s->bytes_out, __ATOMIC_RELAXED);
-    out->exec_ns = __atomic_load_n(&s->exec_ns, __ATOMIC_RELAXED);
+    e = &dev->engines[engine];
+    dpdpu__queue_counters(&e->queue, &c);
+    out->tasks = c.completed;
+    out->failed = c.failed;
+    out->inlined = c.inlined;
+    out->exec_ns = c.exec_ns;
+    out->bytes_in = __atomic_load_n(&e->bytes_in, __ATOMIC_RELAXED);
+    out->bytes_out = __atomic_load_n(&e->bytes_out, __ATOMIC_RELAXED);
     /* A racy snapshot is what a scheduler wants: it is stale a moment later anyway. */
-    out->in_flight = __atomic_load_n(&dev->engines[engine].in_flight, __ATOMIC_RELAXED);
-    out->capacity = dev->engines[engine].queue_depth;
+    out->in_flight = dpdpu__queue_in_flight(&e->queue);
+    out->capacity = e->queue.depth;
     return DPDPU_OK;
 }
 
 int64_t dpdpu_dev_engine_room(const struct dpdpu_dev *dev, uint32_t engine)
 {
+    const struct dpdpu_queue *q;
     uint32_t used;
 
     if (dev == NULL || engine >= dev->n_engines)
         return DPDPU_ERR_INVALID_ARGUMENT;
-    used = __atomic_load_n(&dev->engines[engine].in_flight, __ATOMIC_RELAXED);
-    return used >= dev->engines[engine].queue_depth ? 0 : (int64_t)(dev->engines[engine].queue_depth - used);
+    q = &dev->engines[engine].queue;
+    used = dpdpu__queue_in_flight(q);
+    return used >= q->depth ? 0 : (int64_t)(q->depth - used);
 }
 
 uint64_t dpdpu_dev_mem_used(const struct dpdpu_dev *dev)

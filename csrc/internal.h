@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "dpdpu.h"
+#include "queue.h"
 
 #define DPDPU_DEFAULT_QUEUE_DEPTH 1024u
 #define DPDPU_MAX_WORKERS 256u
@@ -31,28 +32,12 @@ struct dpdpu_engine {
     char name[32];
     uint32_t index;
     uint32_t ops_mask;
-    uint32_t queue_depth;
     uint64_t max_job_bytes; /* UINT64_MAX when unlimited */
     int on_device;
     struct dpdpu_dev *dev;
-
-    /* The queue.  Everything below is read and written under `lock`; idle
-     * workers also peek at `head` and `stopping` without it, and schedulers
-     * read `in_flight`, so those three are only ever stored atomically. */
-    pthread_mutex_t lock;
-    pthread_cond_t has_work;
-    pthread_cond_t has_room;
-    struct dpdpu_task *head;
-    struct dpdpu_task *tail;
-    uint32_t in_flight; /* queued plus running */
-    uint32_t sleepers;  /* workers blocked on has_work */
-    int stopping;
-    int drain;
-
-    uint32_t n_threads;
-    pthread_t *threads;
-
-    struct dpdpu_engine_stats stats; /* updated with __atomic builtins */
+    struct dpdpu_queue queue; /* its tasks, run by its worker threads (pe.c) */
+    uint64_t bytes_in;        /* __atomic: source bytes of completed tasks */
+    uint64_t bytes_out;       /* __atomic: bytes written by successful tasks */
 };
 
 struct dpdpu_dev {
@@ -67,40 +52,33 @@ struct dpdpu_dev {
 };
 
 struct dpdpu_pe {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;      /* completions for dpdpu_pe_wait() */
-    pthread_cond_t task_cond; /* completions for dpdpu_task_wait() */
-    struct dpdpu_task *cq_head;
-    struct dpdpu_task *cq_tail;
-    uint32_t cq_len;
-    uint32_t completion_sleepers; /* pollers to wake at each completion */
-    uint32_t idle_sleepers;       /* pollers to wake at the next submission */
-    uint64_t kicks;
-    uint64_t outstanding;
+    struct dpdpu_cq cq;
 };
 
 /* device.c */
 int dpdpu__mem_reserve(struct dpdpu_dev *dev, uint64_t bytes);
 void dpdpu__mem_release(struct dpdpu_dev *dev, uint64_t bytes);
 
-/* ops.c: run one task's op on the calling worker thread. */
-int dpdpu__op_execute(struct dpdpu_dev *dev, struct dpdpu_task *task);
-
-/* Ops a worker runs by calling the device callback. */
-#define DPDPU__CALLBACK_OPS_MASK                                                                   \
-    ((1u << DPDPU_OP_CALLBACK) | (1u << DPDPU_OP_LZ4_COMPRESS) | (1u << DPDPU_OP_LZ4_DECOMPRESS) | \
-     (1u << DPDPU_OP_ZSTD_COMPRESS) | (1u << DPDPU_OP_ZSTD_DECOMPRESS))
+/* ops.c: the op table. */
+/* The facts of an op below DPDPU_OP_COUNT. */
+const struct dpdpu_op_info *dpdpu__op(uint32_t op);
+/* Op-specific checks at submission (parameters, job size); 0 or a status. */
+int dpdpu__op_check(const struct dpdpu_engine *e, const struct dpdpu_task *task);
+/* Run one task's op on the calling thread. */
+int dpdpu__op_execute(struct dpdpu_engine *e, struct dpdpu_task *task);
 
 /* Arrow kernels (kernels.c): run the struct dpdpu_kernel_job in task->param. */
 int dpdpu__kernel_execute(struct dpdpu_task *task);
 
-/* pe.c */
-void *dpdpu__worker_main(void *engine);
+/* pe.c: the engines' queues. */
+int dpdpu__engine_queue_init(struct dpdpu_engine *e, uint32_t depth);
+
+/* deadline.c */
 uint64_t dpdpu__now_ns(void);
 int dpdpu__cond_init_monotonic(pthread_cond_t *cond);
 
 /*
- * Timeouts and deadlines, one convention for the whole core (pe.c, bdev.c,
+ * Timeouts and deadlines, one convention for the whole core (queue.c, bdev.c,
  * ring.c).  Every public call that may block takes `int64_t timeout_us`:
  * negative waits without limit, 0 never blocks, a positive value blocks at
  * most that many microseconds.  Inside, a timeout becomes a deadline: an

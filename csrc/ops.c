@@ -1,4 +1,5 @@
-/* ops.c - what a worker does for each op: deflate (zlib), memcpy, crc32c. */
+/* ops.c - the op table (every per-op fact) and what a worker does for each
+ * op: deflate (zlib), memcpy, crc32c, the device callback, the kernels. */
 #include <limits.h>
 #include <string.h>
 #include <zlib.h>
@@ -183,36 +184,124 @@ out:
     return status;
 }
 
-int dpdpu__op_execute(struct dpdpu_dev *dev, struct dpdpu_task *task)
-{
-    struct dpdpu_engine *e = &dev->engines[task->engine];
+/* ---- the op table ------------------------------------------------------- */
 
-    switch (task->op) {
-    case DPDPU_OP_NOP:
-        return DPDPU_OK;
-    case DPDPU_OP_MEMCPY:
-        return op_memcpy(task);
-    case DPDPU_OP_DEFLATE_COMPRESS:
-        return op_compress(task, e->max_job_bytes == UINT64_MAX ? 0 : e->max_job_bytes);
-    case DPDPU_OP_DEFLATE_DECOMPRESS:
-        /* Count past the engine's largest job too: the size is what lets the
-         * runtime hand the job to an engine that can take it. */
-        return op_decompress(task, DPDPU_COUNT_LIMIT);
-    case DPDPU_OP_CRC32C:
-        task->result = dpdpu_crc32c((uint32_t)task->param, task->src.addr, task->src.len);
-        return DPDPU_OK;
-    case DPDPU_OP_CALLBACK:
-    case DPDPU_OP_LZ4_COMPRESS:
-    case DPDPU_OP_LZ4_DECOMPRESS:
-    case DPDPU_OP_ZSTD_COMPRESS:
-    case DPDPU_OP_ZSTD_DECOMPRESS:
-        return dev->callback != NULL ? dev->callback(task) : DPDPU_ERR_NOT_SUPPORTED;
-    case DPDPU_OP_FILTER:
-    case DPDPU_OP_PROJECT:
-    case DPDPU_OP_AGGREGATE:
-    case DPDPU_OP_PARTITION:
-        return dpdpu__kernel_execute(task);
-    default:
+static int run_nop(struct dpdpu_engine *e, struct dpdpu_task *t)
+{
+    return DPDPU_OK;
+}
+
+static int run_memcpy(struct dpdpu_engine *e, struct dpdpu_task *t)
+{
+    return op_memcpy(t);
+}
+
+static int run_compress(struct dpdpu_engine *e, struct dpdpu_task *t)
+{
+    return op_compress(t, e->max_job_bytes == UINT64_MAX ? 0 : e->max_job_bytes);
+}
+
+static int run_decompress(struct dpdpu_engine *e, struct dpdpu_task *t)
+{
+    /* Count past the engine's largest job too: the size is what lets the
+     * runtime hand the job to an engine that can take it. */
+    return op_decompress(t, DPDPU_COUNT_LIMIT);
+}
+
+static int run_crc32c(struct dpdpu_engine *e, struct dpdpu_task *t)
+{
+    t->result = dpdpu_crc32c((uint32_t)t->param, t->src.addr, t->src.len);
+    return DPDPU_OK;
+}
+
+static int run_callback(struct dpdpu_engine *e, struct dpdpu_task *t)
+{
+    return e->dev->callback != NULL ? e->dev->callback(t) : DPDPU_ERR_NOT_SUPPORTED;
+}
+
+static int run_kernel(struct dpdpu_engine *e, struct dpdpu_task *t)
+{
+    return dpdpu__kernel_execute(t);
+}
+
+static int check_compress(const struct dpdpu_engine *e, const struct dpdpu_task *t)
+{
+    return t->param < -1 || t->param > 9 ? DPDPU_ERR_INVALID_ARGUMENT : DPDPU_OK;
+}
+
+/* A decompression's output counts against the engine's largest job. */
+static int check_decompress(const struct dpdpu_engine *e, const struct dpdpu_task *t)
+{
+    return t->dst.len > e->max_job_bytes ? DPDPU_ERR_TOO_LARGE : DPDPU_OK;
+}
+
+/* Sources up to this size are cheap enough to run on the submitter's thread
+ * for the ops whose cost is the copy or the checksum: handing them to a
+ * worker costs more. */
+#define TINY 4096u
+
+struct op_entry {
+    struct dpdpu_op_info info;
+    /* Required: run the op on the calling thread; returns its status. */
+    int (*run)(struct dpdpu_engine *e, struct dpdpu_task *t);
+    /* May be NULL: checks at submission beyond the common ones. */
+    int (*check)(const struct dpdpu_engine *e, const struct dpdpu_task *t);
+};
+
+/* Every fact about an op, in one place.  Ops run through the device callback
+ * are codecs from Python packages (and Python functions): placed, queued,
+ * counted and modeled like every other op. */
+_Static_assert(DPDPU_OP_COUNT == 14, "a new op needs its row in op_table");
+static const struct op_entry op_table[DPDPU_OP_COUNT] = {
+    [DPDPU_OP_NOP] = {.info = {.name = "nop", .inline_max_bytes = TINY}, .run = run_nop},
+    [DPDPU_OP_MEMCPY] = {.info = {.name = "memcpy", .needs_dst = 1, .inline_max_bytes = TINY}, .run = run_memcpy},
+    /* Larger than the engine's largest job: independent segments of one stream. */
+    [DPDPU_OP_DEFLATE_COMPRESS] = {.info = {.name = "deflate_compress", .needs_dst = 1, .splits = 1},
+                                   .run = run_compress,
+                                   .check = check_compress},
+    [DPDPU_OP_DEFLATE_DECOMPRESS] = {.info = {.name = "deflate_decompress", .needs_dst = 1},
+                                     .run = run_decompress,
+                                     .check = check_decompress},
+    [DPDPU_OP_CRC32C] = {.info = {.name = "crc32c", .inline_max_bytes = TINY}, .run = run_crc32c},
+    [DPDPU_OP_CALLBACK] = {.info = {.name = "callback", .callback = 1}, .run = run_callback},
+    [DPDPU_OP_LZ4_COMPRESS] = {.info = {.name = "lz4_compress", .callback = 1}, .run = run_callback},
+    [DPDPU_OP_LZ4_DECOMPRESS] = {.info = {.name = "lz4_decompress", .callback = 1}, .run = run_callback},
+    [DPDPU_OP_ZSTD_COMPRESS] = {.info = {.name = "zstd_compress", .callback = 1}, .run = run_callback},
+    [DPDPU_OP_ZSTD_DECOMPRESS] = {.info = {.name = "zstd_decompress", .callback = 1}, .run = run_callback},
+    /* Arrow kernels: task->param points to a struct dpdpu_kernel_job. */
+    [DPDPU_OP_FILTER] = {.info = {.name = "filter"}, .run = run_kernel},
+    [DPDPU_OP_PROJECT] = {.info = {.name = "project"}, .run = run_kernel},
+    [DPDPU_OP_AGGREGATE] = {.info = {.name = "aggregate"}, .run = run_kernel},
+    [DPDPU_OP_PARTITION] = {.info = {.name = "partition"}, .run = run_kernel},
+};
+
+const struct dpdpu_op_info *dpdpu__op(uint32_t op)
+{
+    return &op_table[op].info;
+}
+
+int dpdpu__op_check(const struct dpdpu_engine *e, const struct dpdpu_task *t)
+{
+    const struct op_entry *entry = &op_table[t->op];
+    return entry->check != NULL ? entry->check(e, t) : DPDPU_OK;
+}
+
+int dpdpu__op_execute(struct dpdpu_engine *e, struct dpdpu_task *t)
+{
+    return t->op < DPDPU_OP_COUNT ? op_table[t->op].run(e, t) : DPDPU_ERR_UNKNOWN_OP;
+}
+
+int dpdpu_op_info(uint32_t op, struct dpdpu_op_info *out)
+{
+    if (op >= DPDPU_OP_COUNT)
         return DPDPU_ERR_UNKNOWN_OP;
-    }
+    if (out == NULL)
+        return DPDPU_ERR_INVALID_ARGUMENT;
+    *out = op_table[op].info;
+    return DPDPU_OK;
+}
+
+const char *dpdpu_op_name(uint32_t op)
+{
+    return op < DPDPU_OP_COUNT ? op_table[op].info.name : "unknown";
 }

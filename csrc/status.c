@@ -1,4 +1,4 @@
-/* status.c - names and sentences for status codes and ops. */
+/* status.c - names and sentences for status codes, the build's version. */
 #include "internal.h"
 
 #ifndef DPDPU_VERSION_STR
@@ -55,26 +55,5 @@ const char *dpdpu_status_describe(int status)
     case DPDPU_ERR_IN_USE: return "the object is still in use by submitted tasks";
     case DPDPU_ERR_INTERNAL: return "internal error in the dpdpu core";
     default: return "unknown status code";
-    }
-}
-
-const char *dpdpu_op_name(uint32_t op)
-{
-    switch (op) {
-    case DPDPU_OP_NOP: return "nop";
-    case DPDPU_OP_MEMCPY: return "memcpy";
-    case DPDPU_OP_DEFLATE_COMPRESS: return "deflate_compress";
-    case DPDPU_OP_DEFLATE_DECOMPRESS: return "deflate_decompress";
-    case DPDPU_OP_CRC32C: return "crc32c";
-    case DPDPU_OP_CALLBACK: return "callback";
-    case DPDPU_OP_LZ4_COMPRESS: return "lz4_compress";
-    case DPDPU_OP_LZ4_DECOMPRESS: return "lz4_decompress";
-    case DPDPU_OP_ZSTD_COMPRESS: return "zstd_compress";
-    case DPDPU_OP_ZSTD_DECOMPRESS: return "zstd_decompress";
-    case DPDPU_OP_FILTER: return "filter";
-    case DPDPU_OP_PROJECT: return "project";
-    case DPDPU_OP_AGGREGATE: return "aggregate";
-    case DPDPU_OP_PARTITION: return "partition";
-    default: return "unknown";
     }
 }

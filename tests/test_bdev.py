@@ -12,6 +12,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,23 +187,44 @@ def test_direct_io(tmp_path: Path) -> None:
             d.write(0, unaligned)
 
 
-def test_direct_io_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DPDPU_BDEV_REFUSE_DIRECT", "1")
-    with BlockDevice(tmp_path / "fallback.img", capacity=16 * BS, direct=True) as d:
-        assert not d.direct and d.direct_fallback and d.buffer_alignment == 1
-        unaligned = memoryview(bytearray(BS + 1))[1:]
-        unaligned[:3] = b"abc"
-        d.write(0, unaligned).result()  # buffered I/O takes any buffer
-        assert d.read(0, BS).result()[:3] == b"abc"
-    # a bdev that must be direct refuses to open instead
+def _open_raw(path: Path, flags: int) -> tuple[int, Any]:
+    """``dpdpu_bdev_open`` with explicit flags: its status and the bdev (released with the object)."""
     cfg = ffi.new("struct dpdpu_bdev_cfg *")
-    path = ffi.new("char[]", os.fsencode(tmp_path / "strict.img"))
-    cfg.path = path
+    cpath = ffi.new("char[]", os.fsencode(path))
+    cfg.path = cpath
     cfg.block_size = BS
-    cfg.capacity_blocks = 4
-    cfg.flags = lib.DPDPU_BDEV_CREATE | lib.DPDPU_BDEV_DIRECT | lib.DPDPU_BDEV_DIRECT_REQUIRED
+    cfg.capacity_blocks = 16
+    cfg.flags = lib.DPDPU_BDEV_CREATE | flags
     out = ffi.new("struct dpdpu_bdev **")
-    assert lib.dpdpu_bdev_open(cfg, out) == lib.DPDPU_ERR_NOT_SUPPORTED
+    rc = lib.dpdpu_bdev_open(cfg, out)
+    return rc, ffi.gc(out[0], lib.dpdpu_bdev_release) if rc == lib.DPDPU_OK else None
+
+
+def test_direct_io_fallback(tmp_path: Path) -> None:
+    # Every file system at hand may accept O_DIRECT: the flag makes the bdev
+    # behave as on one that refuses it.
+    rc, bdev = _open_raw(tmp_path / "fallback.img", lib.DPDPU_BDEV_DIRECT | lib.DPDPU_BDEV_DIRECT_REFUSED)
+    assert rc == lib.DPDPU_OK
+    info = ffi.new("struct dpdpu_bdev_info *")
+    assert lib.dpdpu_bdev_get_info(bdev, info) == lib.DPDPU_OK
+    assert not info.direct and info.direct_fallback and info.buf_align == 1
+    # buffered I/O takes any buffer
+    unaligned = ffi.new("char[]", 2 * BS)
+    write = ffi.new("struct dpdpu_bdev_io *", {"type": lib.DPDPU_BDEV_IO_WRITE, "length": BS, "buf": unaligned + 1})
+    (unaligned + 1)[0:3] = b"abc"
+    back = ffi.new("char[]", BS)
+    read = ffi.new("struct dpdpu_bdev_io *", {"type": lib.DPDPU_BDEV_IO_READ, "length": BS, "buf": back})
+    for io in (write, read):
+        assert lib.dpdpu_bdev_submit(bdev, io, -1) == lib.DPDPU_OK
+        assert lib.dpdpu_bdev_io_wait(bdev, io, -1) == lib.DPDPU_OK and io.status == lib.DPDPU_OK
+    assert ffi.buffer(back, 3)[:] == b"abc"
+    # a bdev that must be direct refuses to open instead
+    flags = lib.DPDPU_BDEV_DIRECT | lib.DPDPU_BDEV_DIRECT_REQUIRED | lib.DPDPU_BDEV_DIRECT_REFUSED
+    assert _open_raw(tmp_path / "strict.img", flags)[0] == lib.DPDPU_ERR_NOT_SUPPORTED
+    # the flag changes nothing without DIRECT
+    rc, bdev = _open_raw(tmp_path / "plain.img", lib.DPDPU_BDEV_DIRECT_REFUSED)
+    assert rc == lib.DPDPU_OK and lib.dpdpu_bdev_get_info(bdev, info) == lib.DPDPU_OK
+    assert not info.direct and not info.direct_fallback
 
 
 def test_many_concurrent_ios_from_threads(tmp_path: Path) -> None:

@@ -273,6 +273,35 @@ def test_inline_submission_skips_the_queue(dev: NativeDevice, pe: ProgressEngine
     assert dev.engine_stats(0)["inlined"] == 1
 
 
+def test_op_table() -> None:
+    info = ffi.new("struct dpdpu_op_info *")
+    facts = {}
+    for op in range(lib.DPDPU_OP_COUNT):
+        assert lib.dpdpu_op_info(op, info) == lib.DPDPU_OK
+        name = ffi.string(info.name).decode()
+        assert ffi.string(lib.dpdpu_op_name(op)).decode() == name
+        facts[name] = (bool(info.needs_dst), bool(info.callback), bool(info.splits), int(info.inline_max_bytes))
+    assert facts["deflate_compress"] == (True, False, True, 0)
+    assert facts["deflate_decompress"] == (True, False, False, 0)
+    assert facts["memcpy"] == (True, False, False, 4096)
+    assert facts["callback"] == (False, True, False, 0)
+    assert {n for n, f in facts.items() if f[1]} == {"callback", *native.CALLBACK_OPS} - {"python"}
+    assert lib.dpdpu_op_info(lib.DPDPU_OP_COUNT, info) == lib.DPDPU_ERR_UNKNOWN_OP
+    assert lib.dpdpu_op_info(0, ffi.NULL) == lib.DPDPU_ERR_INVALID_ARGUMENT
+    assert ffi.string(lib.dpdpu_op_name(lib.DPDPU_OP_COUNT)) == b"unknown"
+
+
+def test_binding_refuses_a_core_with_another_op_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    native._check_op_table()  # what import ran
+    monkeypatch.setattr(native, "CALLBACK_OPS", native.CALLBACK_OPS - {"lz4_compress"})
+    with pytest.raises(errors.NativeBuildError, match="lz4_compress"):
+        native._check_op_table()
+    monkeypatch.undo()
+    monkeypatch.setattr(native, "OPS", {**native.OPS, "filter": native.OPS["project"]})
+    with pytest.raises(errors.NativeBuildError, match="filter"):
+        native._check_op_table()
+
+
 def test_engine_counters(dev: NativeDevice, pe: ProgressEngine) -> None:
     ct, _keep = make_task(dev, "memcpy", b"12345", bytearray(5))
     run(pe, dev, ct)

@@ -2,7 +2,8 @@
 
 They drive the public C API from several threads at once: submitters racing a
 device close, workers waiting for tasks of their own engine, block I/O racing
-a bdev close, both ends of a ring, the cache table at its capacity, and the
+a bdev close, engine tasks doing block I/O (both plug-ins of the queue
+engine at once), both ends of a ring, the cache table at its capacity, and the
 timeout convention of every blocking call.  ``csrc/tests/run-sanitizers``
 runs the same programs under AddressSanitizer, UndefinedBehaviorSanitizer and
 ThreadSanitizer (``.ci/run`` does, after this suite).

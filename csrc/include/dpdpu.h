@@ -80,6 +80,27 @@ enum dpdpu_op {
     DPDPU_OP_COUNT = 14
 };
 
+/**
+ * What the core knows about one op: one table in the core holds these facts,
+ * and dpdpu_op_info() reads them, so that a binding can check its own.
+ */
+struct dpdpu_op_info {
+    /** The op's name, e.g. "deflate_compress" (what dpdpu_op_name() says). */
+    const char *name;
+    /** Non-zero: the task writes into task->dst (else dst is ignored). */
+    int32_t needs_dst;
+    /** Non-zero: a worker runs it by calling the device callback. */
+    int32_t callback;
+    /** Non-zero: a source larger than the engine's largest job runs as
+     *  segments of that size instead of being refused (TOO_LARGE). */
+    int32_t splits;
+    /** Sources up to this many bytes are cheap enough that running the
+     *  task on the submitting thread (DPDPU_SUBMIT_INLINE) beats handing it
+     *  to a worker; 0: not at any size.  Advice for the caller, who decides:
+     *  the core honours DPDPU_SUBMIT_INLINE for every op. */
+    uint64_t inline_max_bytes;
+};
+
 /** Flags of dpdpu_task_submit(). */
 enum dpdpu_submit_flags {
     DPDPU_SUBMIT_QUEUE = 0,
@@ -98,6 +119,22 @@ enum dpdpu_mmap_flags {
 struct dpdpu_dev;
 struct dpdpu_pe;
 struct dpdpu_task;
+struct dpdpu_cq;
+
+/**
+ * Where a task (or a block I/O, dpdpu_bdev.h) sits in the core's queues: one
+ * link that the submission queue, the completion queue and the threads
+ * waiting for the item share.  Private to the core; public only because the
+ * descriptors embed it.
+ */
+struct dpdpu_qlink {
+    struct dpdpu_qlink *next;
+    struct dpdpu_cq *cq; /* the completion queue the item completes onto */
+    int32_t *done;       /* the descriptor's done flag */
+    uint64_t submit_ns;
+    int32_t waiters; /* threads waiting for this very item */
+    int32_t serial;  /* runs one at a time with its queue's other serial items */
+};
 
 /**
  * A registered memory range.  Its fields are private to the core; the
@@ -169,7 +206,8 @@ struct dpdpu_dev_cfg {
 
 /**
  * A unit of work.  The caller owns the memory and must keep it, and the
- * buffers it names, alive until the task has completed.  Fields marked "out"
+ * buffers it names, alive until the task has completed and (unless it ran
+ * inline) has been taken off the completion queue by dpdpu_pe_progress().  Fields marked "out"
  * are written by the core; the rest are read at submit.
  */
 struct dpdpu_task {
@@ -186,12 +224,8 @@ struct dpdpu_task {
     uint64_t queued_ns;      /**< out: time spent waiting in the queue */
     uint64_t exec_ns;        /**< out: time spent executing */
     /* private to the core: do not touch */
-    struct dpdpu_task *priv_next;
-    struct dpdpu_pe *priv_pe;
-    struct dpdpu_dev *priv_dev;
-    uint64_t priv_submit_ns;
+    struct dpdpu_qlink priv_link;
     uint64_t priv_reserved;
-    int32_t priv_waiters;
     struct dpdpu_mmap priv_maps[2];
 };
 
@@ -214,6 +248,15 @@ const char *dpdpu_status_name(int status);
  * \return the op's name, e.g. "deflate_compress", or "unknown"
  */
 const char *dpdpu_op_name(uint32_t op);
+
+/**
+ * Describe an op.
+ * \param op a value of enum dpdpu_op
+ * \param out receives the facts (its name points to static storage)
+ * \return 0, UNKNOWN_OP for an op outside enum dpdpu_op, INVALID_ARGUMENT
+ *         if out is NULL
+ */
+int dpdpu_op_info(uint32_t op, struct dpdpu_op_info *out);
 
 /** \return the package version this library was built for */
 const char *dpdpu_version(void);
@@ -350,9 +393,10 @@ int dpdpu_pe_destroy(struct dpdpu_pe *pe);
  * \param timeout_us how long to wait for room in a full queue: 0 returns
  *        AGAIN at once, a negative value waits without limit
  * \param flags DPDPU_SUBMIT_QUEUE, or DPDPU_SUBMIT_INLINE to execute the task
- *        on the calling thread when the engine has nothing queued; a task
- *        run that way is complete on return (task->done is set) and is not
- *        put on pe's completion queue
+ *        on the calling thread when the engine has nothing queued (worth it
+ *        for jobs up to dpdpu_op_info()'s inline_max_bytes); a task run that
+ *        way is complete on return (task->done is set) and is not put on pe's
+ *        completion queue
  * \return 0 when queued, 1 when run inline (complete, not queued), or
  *         INVALID_ARGUMENT, UNKNOWN_OP, NOT_SUPPORTED, TOO_LARGE,
  *         NO_DEVICE_MEMORY, OUT_OF_RANGE, AGAIN, TIMEOUT, SHUTDOWN
@@ -372,11 +416,12 @@ int dpdpu_pe_progress(struct dpdpu_pe *pe, struct dpdpu_task **out, uint32_t max
  * timeout passes (negative: no limit).  Completions of tasks that a thread is
  * waiting for in dpdpu_task_wait() never wake this call (that thread takes
  * them).
- * \param interval_us 0: wake at every other completion.  Positive: a polling
- *        mode that costs no wake-up per task: while tasks are outstanding,
- *        look at the queue every interval_us (so a completion may wait that
- *        long, leaving its submitter time to take it); with nothing
- *        outstanding, sleep until the next submission.
+ * \param interval_us 0: wake at every other completion.  Positive: the same
+ *        until a call finds completions; from then on, while tasks are
+ *        outstanding, look at the queue every interval_us instead of being
+ *        woken by each completion (a burst costs one wake-up).  A completion
+ *        found by a call that was woken for it is left an interval for its
+ *        submitter to take before the call returns.
  * \return the number of queued completions (0 after a kick), or TIMEOUT
  *         (at once for a timeout of 0 with nothing queued)
  */

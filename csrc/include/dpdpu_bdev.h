@@ -48,14 +48,16 @@ enum dpdpu_bdev_flags {
     /** Create the file if it does not exist. */
     DPDPU_BDEV_CREATE = 1,
     /** Bypass the page cache (O_DIRECT); if the file system refuses it the
-     *  bdev falls back to buffered I/O and says so in its info.  Setting the
-     *  environment variable DPDPU_BDEV_REFUSE_DIRECT=1 makes every file
-     *  system look as if it refused (to exercise the fallback). */
+     *  bdev falls back to buffered I/O and says so in its info. */
     DPDPU_BDEV_DIRECT = 2,
     /** With DPDPU_BDEV_DIRECT: fail with NOT_SUPPORTED instead of falling back. */
     DPDPU_BDEV_DIRECT_REQUIRED = 4,
     /** Refuse writes (NOT_SUPPORTED at submit); flushes are allowed. */
-    DPDPU_BDEV_READ_ONLY = 8
+    DPDPU_BDEV_READ_ONLY = 8,
+    /** With DPDPU_BDEV_DIRECT: do not try O_DIRECT, behave as on a file
+     *  system that refuses it (fall back, or NOT_SUPPORTED when required).
+     *  For callers that must exercise their fallback on any file system. */
+    DPDPU_BDEV_DIRECT_REFUSED = 16
 };
 
 struct dpdpu_bdev;
@@ -123,13 +125,11 @@ struct dpdpu_bdev_io {
     int32_t status;        /**< out: completion status */
     int32_t done;          /**< out: non-zero once completed */
     int32_t os_errno;      /**< out: errno of a failed system call, else 0 */
-    int32_t priv_waiters;  /**< private */
     uint64_t result;       /**< out: bytes transferred */
     uint64_t queued_ns;    /**< out: time spent waiting for a worker */
     uint64_t exec_ns;      /**< out: time spent executing */
-    /* private to the bdev: do not touch */
-    struct dpdpu_bdev_io *priv_next;
-    uint64_t priv_submit_ns;
+    /* private to the core: do not touch */
+    struct dpdpu_qlink priv_link;
 };
 
 /**

@@ -65,6 +65,28 @@ OPS: dict[str, int] = {
 #: ops a worker runs by calling back into Python (``Task.fn``)
 CALLBACK_OPS = frozenset({"python", "lz4_compress", "lz4_decompress", "zstd_compress", "zstd_decompress"})
 
+
+def _check_op_table() -> None:
+    """Refuse a core whose op table (``dpdpu_op_info``) disagrees with OPS and CALLBACK_OPS."""
+    info = ffi.new("struct dpdpu_op_info *")
+    wrong = []
+    if sorted(OPS.values()) != list(range(lib.DPDPU_OP_COUNT)):
+        wrong.append(f"OPS names {len(OPS)} ops, the core has {lib.DPDPU_OP_COUNT}")
+    for name, op in OPS.items():
+        if lib.dpdpu_op_info(op, info) != lib.DPDPU_OK:
+            wrong.append(f"{name}: unknown to the core")
+            continue
+        c_name = ffi.string(info.name).decode()
+        if c_name != ("callback" if name == "python" else name):  # the core calls Python functions "callback"
+            wrong.append(f"{name}: the core calls op {op} {c_name!r}")
+        if bool(info.callback) != (name in CALLBACK_OPS):
+            wrong.append(f"{name}: CALLBACK_OPS and the core disagree on running it through the callback")
+    if wrong:
+        raise errors.NativeBuildError("dpdpu._native does not match dpdpu's op table: " + "; ".join(wrong))
+
+
+_check_op_table()
+
 _STATUS_ERRORS: dict[int, type[errors.DpdpuError]] = {
     lib.DPDPU_ERR_INVALID_ARGUMENT: errors.InvalidArgumentError,
     lib.DPDPU_ERR_NO_MEMORY: errors.InternalError,
