@@ -29,7 +29,6 @@ import collections
 import concurrent.futures
 import ctypes
 import errno
-import heapq
 import itertools
 import logging
 import mmap
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from .. import errors
+from ..runtime.cost import EngineClock
 from ..runtime.native import error_for, ffi, lib
 from ..runtime.profile import Profile, StorageProfile
 
@@ -116,8 +116,9 @@ class StorageModel:
     def __init__(self, storage: StorageProfile, name: str = "") -> None:
         self.storage = storage
         self.name = name
-        self._slots = [0.0] * storage.slots
-        self._channel_free = 0.0
+        # The queue slots and the shared channel are virtual clocks like an engine's lanes.
+        self._slots = EngineClock(storage.slots)
+        self._channel = EngineClock(1)
         self._lock = threading.Lock()
         self._read_ends: collections.deque[int] = collections.deque(maxlen=self.STREAMS)
         self.busy_s = 0.0
@@ -150,14 +151,11 @@ class StorageModel:
                     self._read_ends.remove(offset)
                 self._read_ends.append(offset + nbytes)
             fixed, transfer = self._parts(op, nbytes, sequential)
-            first = self._slots[0]
-            start = first if first > arrival_s else arrival_s
+            start = self._slots.peek(arrival_s)
             finish = start + fixed
-            if transfer:
-                begin = finish if finish > self._channel_free else self._channel_free
-                finish = begin + transfer
-                self._channel_free = finish
-            heapq.heapreplace(self._slots, finish)
+            if transfer:  # the slot is held until the channel has moved the bytes
+                finish = self._channel.charge(finish, transfer)[1]
+            self._slots.charge(arrival_s, finish - start)
             self.busy_s += fixed + transfer
             self.ios += 1
         return IOTiming(op, nbytes, arrival_s, start, finish)
