@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from collections import Counter
 
 import pyarrow as pa
@@ -220,3 +221,27 @@ def test_a_new_policy_is_one_class() -> None:
         register_policy(type("Other", (ArmFirst,), {}))
     with pytest.raises(errors.InvalidArgumentError, match="unknown placement policy"):
         dpdpu.Runtime("bluefield3", policy="nonsense")
+
+
+def test_data_in_dpu_memory_stays_there_unless_a_host_core_pulls_it() -> None:
+    page = b"GET /y 500\n" * 1000
+    blob = zlib.compress(page)
+
+    @dpdpu.offload(engine="arm")
+    def inflate_on_arm(b: bytes) -> bytes:
+        return compute.decompress(b)
+
+    with dpdpu.Runtime("bluefield3") as rt:
+        fut = inflate_on_arm.submit(blob)
+        assert fut.result() == page
+        # what the Arm function submitted read DPU memory: the hardware engine took it, no PCIe
+        assert rt.stats().placements == {
+            "python -> bluefield3/arm": 1,
+            "deflate_decompress -> bluefield3/accelerator": 1,
+        }
+        buf = rt.alloc(len(blob))
+        buf.view()[:] = blob
+        pulled = rt.submit(compute.decompress, buf, engine="host")  # a host core pulls it over PCIe
+        assert pulled.result() == page
+        assert rt.explain(pulled).timeline.transfer_in_s > 0  # type: ignore[union-attr]
+        assert rt.stats().engines["host/cpu"].pcie_bytes == len(blob)

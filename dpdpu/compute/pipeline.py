@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from .. import errors
 from ..runtime.cost import Timeline
-from ..runtime.device import Device, EngineInfo, Task, payload_nbytes
+from ..runtime.device import Device, DeviceBuffer, EngineInfo, Task, payload_nbytes
 from ..runtime.placement import Candidate, _ms, _size
 from ..runtime.planner import Planner, Route, Stage
 from ..runtime.policies import Option
@@ -119,6 +119,8 @@ class PipelineRun:
 def _as_table(value: Any) -> Any:
     if isinstance(value, (pa.Table, pa.RecordBatch)):
         return value
+    if isinstance(value, DeviceBuffer):
+        value = value.view()
     try:
         return pa.ipc.open_stream(pa.py_buffer(value)).read_all()
     except (pa.ArrowInvalid, TypeError) as exc:
@@ -197,7 +199,12 @@ class Pipeline:
     # --- planning --------------------------------------------------------------------
 
     def plan(self, data: Any, runtime: Runtime | None = None) -> PipelinePlan:
-        """Cost every assignment of steps to engines for ``data``; nothing runs."""
+        """Cost every assignment of steps to engines for ``data``; nothing runs.
+
+        ``data`` in host memory crosses PCIe before a step on the DPU; a
+        :class:`~dpdpu.runtime.device.DeviceBuffer` (data that arrived in DPU
+        memory, from the network say) crosses only if a step runs on the host.
+        """
         if not self.steps:
             raise errors.InvalidArgumentError("the pipeline has no steps")
         rt = runtime or current_runtime()
@@ -214,14 +221,15 @@ class Pipeline:
             size = stage.out_bytes
         planner = _planner(rt)
         arrival = rt.vnow
-        routes = planner.plan(stages, options, arrival)
+        start = "device" if isinstance(data, DeviceBuffer) else "host"  # data the NIC put in DPU memory
+        routes = planner.plan(stages, options, arrival, start=start)
         return PipelinePlan(
             steps=list(self.steps),
             input_bytes=stages[0].nbytes,
             policy=rt.policy,
             chosen=routes[0],
             alternatives=routes[1:4],
-            stepwise=planner.stepwise(stages, options, arrival),
+            stepwise=planner.stepwise(stages, options, arrival, start=start),
             considered=len(routes),
         )
 
@@ -240,7 +248,8 @@ class Pipeline:
             for i, (step, engine) in enumerate(zip(self.steps, plan.chosen.engines, strict=True)):
                 value = _as_bytes(value) if step.name == "decompress" or step.name == "compress" else _as_table(value)
                 # Intermediate results stay where they were made; only side changes cross PCIe.
-                resident = rt.device.label if i > 0 and sides[i - 1] == "device" else None
+                made_on_device = sides[i - 1] == "device" if i > 0 else isinstance(data, DeviceBuffer)
+                resident = rt.device.label if made_on_device else None
                 keep = i + 1 < len(sides) and sides[i] == sides[i + 1] == "device"
                 with rt.pinned(engine), rt.data_on(resident, keep_output=keep):
                     value = functions[step.name](value, **step.kwargs)

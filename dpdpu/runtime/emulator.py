@@ -14,6 +14,7 @@ import itertools
 import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from .. import errors
 from . import host_memory
 from .cost import PYTHON_PRIOR_S, Timeline
 from .device import (
+    DATA_LOCATION,
+    DataLocation,
     Device,
     DeviceBuffer,
     EngineInfo,
@@ -274,7 +277,8 @@ class EmulatorDevice(Device):
         src, dst = task.src, task.dst
         if type(src) is DeviceBuffer or type(dst) is DeviceBuffer:
             for obj in (src, dst):
-                if type(obj) is DeviceBuffer and obj.device != self.label:
+                pulled = obj is src and self._pulls(engine, task)
+                if type(obj) is DeviceBuffer and obj.device != self.label and not pulled:
                     return Refusal("unsupported", f"its data lives in {obj.device} memory")
         if op not in OPS:
             return Refusal("unsupported", f"unknown op {op!r}")
@@ -310,19 +314,35 @@ class EmulatorDevice(Device):
             return None
         return self._py_history.get(_fn_key(task.fn), PYTHON_PRIOR_S)
 
+    def _pulls(self, engine: EngineInfo, task: Task | None = None) -> bool:
+        """True if ``engine`` sits on the near side of a link and the task's data lives on the far one
+        (a host core working on data in DPU memory pulls it over PCIe, and sends its result back)."""
+        if self.model.crossing[engine.name] or self.profile.pcie is None:
+            return False
+        if task is not None and _foreign_buffer(task.src, self.label):
+            return True
+        device = data_location().device
+        return device is not None and device != self.label
+
     def _transfers(self, task: Task, engine: EngineInfo) -> tuple[int, int]:
         """Bytes that cross PCIe in and out if ``task`` runs on ``engine``."""
+        where = data_location()
+        if self._pulls(engine, task):
+            src = self._input_nbytes(task) or task.nbytes
+            return src, self._out_estimate(task) if where.keep_output else 0
         if not self.model.crossing[engine.name]:
             return 0, 0
-        where = data_location()
-        if task.op == "python":
-            src = sum(payload_nbytes(a) for a in (*task.args, *(task.kwargs or {}).values()))
-        else:
-            src = 0 if isinstance(task.src, DeviceBuffer) else task.nbytes
+        src = self._input_nbytes(task)
         out = 0 if _keeps_output(task, self.label) else self._out_estimate(task)
         if where.device == self.label:
             src = 0
         return src, out
+
+    @staticmethod
+    def _input_nbytes(task: Task) -> int:
+        if task.op == "python":
+            return sum(payload_nbytes(a) for a in (*task.args, *(task.kwargs or {}).values()))
+        return 0 if isinstance(task.src, DeviceBuffer) else task.nbytes
 
     def _out_estimate(self, task: Task) -> int:
         """The task's output size: given, else the op's learned (or assumed) ratio to its input."""
@@ -334,6 +354,7 @@ class EmulatorDevice(Device):
         return self.model.estimate(
             engine, task.op, task.nbytes, arrival_s, bytes_in=b_in, bytes_out=b_out,
             out_bytes=self._out_estimate(task), level=task.level, host_seconds=self._host_seconds(task),
+            cross=True if self._pulls(engine, task) else None,
         )  # fmt: skip
 
     def submit(
@@ -357,9 +378,13 @@ class EmulatorDevice(Device):
         ct = rec.ctask
         if type(obj) is DeviceBuffer:
             if obj.device != self.label:
-                raise errors.InvalidArgumentError(
-                    f"the buffer lives on {obj.device}, not on this device", device=self.label
-                )
+                if not self._pulls(rec.engine, rec.task):
+                    raise errors.InvalidArgumentError(
+                        f"the buffer lives on {obj.device}, not on this device", device=self.label
+                    )
+                # A host core pulls the other device's data over the link (charged as a transfer).
+                rec.keep.append(self.native.map_host(ct, obj.view(), dst=dst))
+                return
             m = obj.memory_map
             rec.keep.append(m)
             lib.dpdpu_buf_init(ffi.addressof(ct, "dst" if dst else "src"), m.handle, m.address, m.nbytes)
@@ -409,14 +434,15 @@ class EmulatorDevice(Device):
         if plan is None or plan.arrival_s != ready_s or placement.engine != engine.label:
             plan = self.estimate(task, engine, ready_s)
         crossing = self.model.crossing[engine.name]
+        pulls = self._pulls(engine, task)
         with self._submit_lock:
             if self._state != "running":
                 unregister_callback(uid)
                 raise errors.RuntimeClosedError("the device is shut down", device=self.label, op=task.op)
             timeline = placement.timeline = self.model.charge(engine, task.op, task.nbytes, plan, arrival_s)
-            if crossing:
+            if crossing or pulls:
                 self._pcie_bytes[engine.name] += self._transfers(task, engine)[0]
-                rec.crosses = not _keeps_output(task, self.label)
+                rec.crosses = data_location().keep_output if pulls else not _keeps_output(task, self.label)
             self._records[uid] = rec
             self._inflight[engine.index] += 1
             outside = task.inline and task.op == "python"
@@ -475,10 +501,15 @@ class EmulatorDevice(Device):
                 if task.metered:
                     budget = self._budget(rec.engine)
                     args = (*args, budget)
+                fn = task.fn
+                if task.op == "python" and rec.engine.on_device:
+                    # A function running on the DPU holds its data there: what it submits reads
+                    # DPU memory and hands its result back to it, so none of that crosses PCIe.
+                    fn = partial(_on_device_data, DataLocation(self.label, keep_output=True), task.fn)
                 if task.context is None:
-                    rec.value = task.fn(*args, **(task.kwargs or {}))
+                    rec.value = fn(*args, **(task.kwargs or {}))
                 else:
-                    rec.value = task.context.run(task.fn, *args, **(task.kwargs or {}))
+                    rec.value = task.context.run(fn, *args, **(task.kwargs or {}))
                 return _OK
             except BaseException as exc:  # the task's failure, handed to its future
                 rec.exc = exc
@@ -732,6 +763,18 @@ class EmulatorDevice(Device):
                 modeled_busy_s=clock.busy_s, modeled_horizon_s=clock.last_finish_s,
             )  # fmt: skip
         return out
+
+
+def _foreign_buffer(obj: Any, device: str) -> bool:
+    return type(obj) is DeviceBuffer and obj.device != device
+
+
+def _on_device_data(where: DataLocation, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    token = DATA_LOCATION.set(where)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        DATA_LOCATION.reset(token)
 
 
 def _keeps_output(task: Task, device: str) -> bool:

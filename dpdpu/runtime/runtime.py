@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import dataclasses
 import threading
 import time
 import weakref
@@ -134,7 +135,9 @@ class Runtime:
         self.device: Device = open_device(device, **options)
         self.host: Device | None = None
         if self.device.profile.kind != "host":
-            self.host = EmulatorDevice("host", **options)
+            # The host reaches data in DPU memory over the device's link: it knows that link's figures.
+            host = dataclasses.replace(Profile.load("host"), pcie=self.device.profile.pcie)
+            self.host = EmulatorDevice(host, **options)
         self._lock = threading.Lock()
         self._vnow = 0.0
         self._tokens: list[Token[Runtime | None]] = []
