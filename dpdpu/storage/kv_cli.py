@@ -11,9 +11,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..kv.policies import POLICIES
+from ..kv.sim import MODELS, TraceError, generate_trace, load_trace, simulate
 from ..runtime.profile import builtin_profiles
-from .kv_policies import POLICIES
-from .kv_sim import MODELS, TraceError, generate_trace, load_trace, simulate
 
 __all__ = ["kv_sim"]
 

@@ -44,8 +44,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from .. import errors
-from .kv import KvCapacityError, KvShapeError, KvStore
-from .kv_keys import ModelShape, as_tokens
+from .keys import ModelShape, as_tokens
+from .store import KvCapacityError, KvShapeError, KvStore
 
 __all__ = ["KIND", "KvFlightService", "KvRemoteError", "RemoteKvStore"]
 
