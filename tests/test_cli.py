@@ -10,7 +10,7 @@ import sys
 from click.testing import CliRunner
 
 from dpdpu import __version__
-from dpdpu.cli import main
+from dpdpu.cli import COMMANDS, main
 
 
 def test_help_documents_every_command() -> None:
@@ -19,6 +19,16 @@ def test_help_documents_every_command() -> None:
     for command in ("demo", "devices"):
         assert command in result.output
     assert CliRunner().invoke(main, ["demo", "--help"]).exit_code == 0
+
+
+def test_the_command_list_is_the_group() -> None:
+    # Every command is on the list, and nothing else joins the group (no registration on import).
+    names = sorted(c.name or "" for c in COMMANDS)
+    assert names == sorted(main.commands)
+    assert names == sorted(
+        ["agent", "demo", "deploy", "devices", "fidelity", "health", "invoke", "kv-sim", "offloads", "simulate"]
+        + ["stats", "undeploy"]
+    )
 
 
 def test_version() -> None:
