@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from ..agent.payloads import MAX_TIMEOUT_S, clip, shown
-from ..runtime.placement import POLICIES, _size
+from ..runtime.placement import POLICIES
+from ..runtime.units import fmt_bytes
 from .common import echo_json, make_console
 
 if TYPE_CHECKING:
@@ -493,7 +494,7 @@ def _stats_view(data: dict[str, Any]) -> Any:
     for e in data["engines"]:
         table.add_row(
             e["engine"], e["kind"], str(e["lanes"]), str(e["tasks"]), str(e["errors"]),
-            f"{e['queue_depth']}/{e['queue_capacity']}", _size(e["bytes_in"]), _size(e["bytes_out"]),
+            f"{e['queue_depth']}/{e['queue_capacity']}", fmt_bytes(e["bytes_in"]), fmt_bytes(e["bytes_out"]),
             f"{e['utilization']:.0%}",
         )  # fmt: skip
     return Group(summary, table)

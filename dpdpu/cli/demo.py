@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..runtime.placement import _ms, _size
+from ..runtime.units import fmt_bytes, fmt_seconds
 from .common import make_console
 
 __all__ = ["demo"]
@@ -82,8 +82,8 @@ def _print_report(console: Console, report: Any) -> None:
         host = report.step(step.step, "host")
         ran_on = ", ".join(f"{engine.split('/')[1]} x{n}" for engine, n in sorted(step.engines.items()))
         table.add_row(
-            step.step, step.device, ran_on, _ms(step.wall_s), _ms(step.modeled_s), _ms(host.modeled_s),
-            _ms(max(0.0, host.host_busy_s - step.host_busy_s)),
+            step.step, step.device, ran_on, fmt_seconds(step.wall_s), fmt_seconds(step.modeled_s),
+            fmt_seconds(host.modeled_s), fmt_seconds(max(0.0, host.host_busy_s - step.host_busy_s)),
         )  # fmt: skip
     console.print(table)
     console.print(
@@ -96,6 +96,6 @@ def _print_report(console: Console, report: Any) -> None:
             console.print(f"  {step.device} {step.step} fell back: {step.why}")
     compressed = report.step("compress", "bluefield3").bytes_out
     console.print(
-        f"  {_size(report.size)} compressed to {_size(compressed)} ({report.size / max(compressed, 1):.2f}x); "
+        f"  {fmt_bytes(report.size)} compressed to {fmt_bytes(compressed)} ({report.size / max(compressed, 1):.2f}x); "
         f"decompressed output verified (crc32c {report.crc32c:#010x})"
     )

@@ -9,8 +9,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ..runtime.placement import _size
 from ..runtime.profile import Profile, builtin_profiles
+from ..runtime.units import fmt_bytes
 from .common import make_console
 
 __all__ = ["devices"]
@@ -32,11 +32,11 @@ def devices(as_json: bool, assumptions: bool) -> None:
             table.add_column(col)
         for e in p.engines:
             ops = ", ".join(sorted(e.ops - {"nop"}))
-            max_job = _size(int(e.max_job_bytes.value)) if e.max_job_bytes is not None else "-"
+            max_job = fmt_bytes(int(e.max_job_bytes.value)) if e.max_job_bytes is not None else "-"
             table.add_row(e.name, e.kind, str(e.lanes.value), ops, max_job)
         console.print(table)
         link = f", PCIe {p.pcie['gb_per_s'].value} GB/s" if p.pcie else ""
-        console.print(f"  memory {_size(int(p.memory.value))}{link}\n")
+        console.print(f"  memory {fmt_bytes(int(p.memory.value))}{link}\n")
     matrix = Table(title="hardware capabilities", title_justify="left")
     matrix.add_column("capability")
     dpus = [p for p in profiles if p.hardware]

@@ -13,8 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import DpdpuError
-from ..runtime.placement import POLICIES, _ms, _size
+from ..runtime.placement import POLICIES
 from ..runtime.profile import Profile
+from ..runtime.units import fmt_bytes, fmt_seconds
 from .common import make_console
 
 if TYPE_CHECKING:
@@ -150,12 +151,12 @@ def _print_simulation(console: Console, mix: Mix, reports: dict[str, SimReport])
         table.add_column(col, justify="left" if col == "policy" else "right", no_wrap=True)
     ratios = _comparison_dict(mix, reports)["makespan_ratios"] if comparing else {}
     for p, r in reports.items():
-        row = [p, _ms(r.makespan_s)]
+        row = [p, fmt_seconds(r.makespan_s)]
         if comparing:
             row += [_fmt_ratio(ratios[p]["vs_host_only"]), _fmt_ratio(ratios[p]["vs_best_other"])]
         row += [
-            _ms(r.latency_mean_s), _ms(r.latency_p99_s), _size(r.pcie_bytes), _ms(r.host_busy_s),
-            f"{r.host_cores_saved:.2f}",
+            fmt_seconds(r.latency_mean_s), fmt_seconds(r.latency_p99_s), fmt_bytes(r.pcie_bytes),
+            fmt_seconds(r.host_busy_s), f"{r.host_cores_saved:.2f}",
         ]  # fmt: skip
         table.add_row(*row)
     console.print(table)

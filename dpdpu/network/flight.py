@@ -65,7 +65,7 @@ excerpt of its input), never the server's traceback (see
 
 **Routing** (DDS-style): ``route(ticket) -> bool`` decides per ``do_get``
 whether the DPU serves it (True) or forwards it over a
-:class:`~dpdpu.network.channel.ChannelPair` to a
+:class:`~dpdpu.runtime.channel.ChannelPair` to a
 :class:`~dpdpu.network.flight_routing.HostHandler` on the host (False).
 
 **Compression** is Arrow IPC body compression (LZ4 frame or Zstandard), which
@@ -91,9 +91,9 @@ from ..compute.kernels import aggregate as dpdpu_aggregate
 from ..compute.kernels import filter as dpdpu_filter
 from ..compute.kernels import project as dpdpu_project
 from ..errors import clip, shown
+from ..runtime.channel import ChannelPair
 from ..runtime.runtime import Runtime, current_runtime
 from .addresses import is_unspecified
-from .channel import ChannelPair
 from .flight_catalog import Catalog, DatasetNotFoundError, StoredDataset, UploadAbortedError
 from .flight_routing import HostHandler, HostLink
 from .flight_server import BearerAuth, FlightConfigError, check_location, mapped, mapped_batches

@@ -2,7 +2,7 @@
 
 As in DDS, an *offload predicate* looks at each read request (the decoded
 ticket) and says whether the DPU serves it; the others travel over a
-:class:`~dpdpu.network.channel.ChannelPair` to a :class:`HostHandler` on the
+:class:`~dpdpu.runtime.channel.ChannelPair` to a :class:`HostHandler` on the
 host, which runs the query against the host's own data and answers through
 the same channel.  The endpoint then streams that answer to the client as if
 it had computed it, so clients cannot tell which side served them.
@@ -33,10 +33,10 @@ import pyarrow.flight as flight
 from .. import errors
 from ..compute.kernels import filter as dpdpu_filter
 from ..compute.kernels import project as dpdpu_project
+from ..runtime.channel import ChannelPair
 from ..runtime.runtime import Runtime
 from ..storage.dataset import open_dataset
 from ..storage.fs import FileService
-from .channel import ChannelPair
 from .flight_catalog import DatasetNotFoundError
 from .flight_tickets import decode_json, invalid, parse_get
 

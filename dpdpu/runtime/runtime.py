@@ -25,10 +25,11 @@ from .. import errors
 from .device import DATA_LOCATION, DataLocation, Device, DeviceBuffer, EngineStats, Task
 from .emulator import EmulatorDevice
 from .future import TaskFuture
-from .placement import Placement, _ms, _size, place
+from .placement import Placement, place
 from .policies import Policy, policy_for
 from .profile import Profile
 from .registry import open_device
+from .units import fmt_bytes, fmt_seconds
 
 __all__ = ["Runtime", "RuntimeStats", "current_runtime", "python_task"]
 
@@ -68,14 +69,14 @@ class RuntimeStats:
 
     def __str__(self) -> str:
         lines = [
-            f"{self.device}: {self.tasks} tasks ({self.errors} failed), wall {_ms(self.wall_s)}, "
-            f"modeled device time {_ms(self.modeled_s)}, {_size(self.pcie_bytes)} over PCIe",
+            f"{self.device}: {self.tasks} tasks ({self.errors} failed), wall {fmt_seconds(self.wall_s)}, "
+            f"modeled device time {fmt_seconds(self.modeled_s)}, {fmt_bytes(self.pcie_bytes)} over PCIe",
             f"  {'engine':<24} {'tasks':>6} {'in':>10} {'out':>10} {'wall busy':>10} {'modeled busy':>13} {'util':>6}",
         ]
         for name, st in self.engines.items():
             lines.append(
-                f"  {name:<24} {st.tasks:>6} {_size(st.bytes_in):>10} {_size(st.bytes_out):>10} "
-                f"{_ms(st.wall_busy_s):>10} {_ms(st.modeled_busy_s):>13} {self.utilization(name):>6.0%}"
+                f"  {name:<24} {st.tasks:>6} {fmt_bytes(st.bytes_in):>10} {fmt_bytes(st.bytes_out):>10} "
+                f"{fmt_seconds(st.wall_busy_s):>10} {fmt_seconds(st.modeled_busy_s):>13} {self.utilization(name):>6.0%}"
             )
         return "\n".join(lines)
 

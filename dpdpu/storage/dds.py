@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import errors
-from ..network.channel import ChannelPair
+from ..runtime.channel import ChannelPair
 from ..runtime.native import error_for, ffi, lib
 from ..runtime.runtime import current_runtime
 from .fs import FileService

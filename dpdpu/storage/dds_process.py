@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import errors
-from ..network.channel import ChannelPair
+from ..runtime.channel import ChannelPair
 from ..runtime.runtime import Runtime
 from .dds import CacheTable, DdsBackEnd, DdsFrontEnd, HostHandler
 from .fs import FileService
