@@ -95,17 +95,25 @@ class DeploymentError(InvalidArgumentError):
 class ImportTimeoutError(DpdpuError, TimeoutError):
     """The agent's own import of a module did not finish in time (its thread is left running)."""
 
+    wire_status = "DEADLINE_EXCEEDED"
+
 
 class ModuleTooLargeError(DeploymentError):
     """The module's source exceeds the agent's size limit."""
+
+    wire_status = "RESOURCE_EXHAUSTED"
 
 
 class UnknownDeploymentError(DpdpuError, LookupError):
     """No deployment of that name exists."""
 
+    wire_status = "NOT_FOUND"
+
 
 class UnknownOffloadError(DpdpuError, LookupError):
     """No deployed offload of that name exists (or a bare name is ambiguous)."""
+
+    wire_status = "NOT_FOUND"
 
 
 def source_version(source: str) -> str:

@@ -96,6 +96,8 @@ class _LayerCheck:
 class KvCorruptError(errors.CorruptDataError):
     """A chunk on disk fails its checksum or is malformed (the store reports a miss and drops it)."""
 
+    wire_status = "DATA_LOSS"
+
 
 @dataclass
 class DiskChunk:

@@ -11,8 +11,8 @@ Wire format on the channel (one message each way per request):
 
 * request: an 8-byte little-endian request number, then the ticket as JSON;
 * response: the same request number, then ``b"A"`` and the result as an
-  Arrow IPC stream, or ``b"E"`` and ``{"code": "not_found" | "invalid" |
-  "internal", "message": ...}`` as JSON.
+  Arrow IPC stream, or ``b"E"`` and ``{"status": STATUS, "message": ...}`` as
+  JSON (the error's wire status, :func:`dpdpu.errors.to_wire`).
 
 The endpoint forwards one request at a time per channel and drops any
 response whose number is not the one it waits for (a late answer to a
@@ -47,16 +47,11 @@ _OK = b"A"
 _ERR = b"E"
 
 
-def _error_code(exc: BaseException) -> str:
-    if isinstance(exc, (KeyError, errors.NoSuchFileError)):
-        return "not_found"
-    if isinstance(exc, (ValueError, TypeError, LookupError)):
-        return "invalid"  # ArrowInvalid, InvalidArgumentError and ExpressionError are ValueErrors
-    return "internal"
-
-
-def _message(exc: BaseException) -> str:
-    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+#: what the endpoint raises for the host's answers (any other status: an internal error, keeping its status)
+_HOST_ERRORS: dict[str, type[errors.DpdpuError]] = {
+    "NOT_FOUND": DatasetNotFoundError,
+    "INVALID_ARGUMENT": errors.InvalidArgumentError,
+}
 
 
 class HostHandler:
@@ -108,8 +103,8 @@ class HostHandler:
             return result
         except Exception as exc:  # every failure is the request's, not the handler's
             self.failed += 1
-            body = json.dumps({"code": _error_code(exc), "message": _message(exc)}).encode()
-            return header + _ERR + body
+            status, text = errors.to_wire(exc)
+            return header + _ERR + json.dumps({"status": status, "message": text}).encode()
 
     def _query(self, request: dict[str, Any]) -> pa.Table:
         req = parse_get(request)
@@ -179,14 +174,12 @@ class HostLink:
             return pa.ipc.open_stream(body).read_all()
         try:
             err = json.loads(body)
-            code, message = str(err["code"]), str(err["message"])
+            status, message = str(err["status"]), errors.cut_utf8(str(err["message"]))
         except (ValueError, KeyError, TypeError):
-            code, message = "internal", "unreadable error response from the host handler"
-        if code == "not_found":
-            raise DatasetNotFoundError(message, op="flight")
-        if code == "invalid":
-            raise invalid(message)
-        raise flight.FlightServerError(f"host handler: {message}")
+            status, message = "INTERNAL", "unreadable error response from the host handler"
+        if status not in _HOST_ERRORS:
+            message = f"host handler: {message}"
+        raise errors.from_wire(status, message, classes=_HOST_ERRORS)
 
     def close(self) -> None:
         """Close the pair if the endpoint made it."""

@@ -1,12 +1,14 @@
 """The gRPC side of the Flight endpoint: error mapping, bearer-token auth, checks of the listening address.
 
-Handlers raise dpdpu errors, pyarrow errors or plain Python ones; pyarrow's
-Flight server turns a few Python exception types into gRPC status codes
-(``KeyError``: NOT_FOUND, ``pyarrow.ArrowInvalid``: INVALID_ARGUMENT,
-``NotImplementedError``: UNIMPLEMENTED, ``FlightUnauthenticatedError``:
-UNAUTHENTICATED ...) and everything else into INTERNAL.  :func:`flight_error`
-picks the right one for each error a handler can meet, so clients see the
-status that matches the cause, with the message that explains it.
+Handlers raise dpdpu errors, pyarrow errors or plain Python ones; each has
+its wire status (:func:`dpdpu.errors.to_wire`, the one table), and
+:func:`flight_exception` is the Flight side of it: pyarrow's Flight server
+sends ``ArrowInvalid`` as INVALID_ARGUMENT, ``KeyError`` as NOT_FOUND,
+``NotImplementedError`` as UNIMPLEMENTED and its own errors as CANCELLED,
+DEADLINE_EXCEEDED, UNAUTHENTICATED, PERMISSION_DENIED and UNAVAILABLE; a
+status Flight has no error for (RESOURCE_EXHAUSTED, FAILED_PRECONDITION,
+INTERNAL ...) goes as a server error whose ``extra_info`` names it, which
+dpdpu's clients read back with :func:`flight_status`.
 
 Messages are short: error messages quote at most an excerpt of their input
 (:func:`dpdpu.errors.shown`), and :func:`flight_error` cuts whatever a
@@ -43,7 +45,6 @@ import pyarrow.flight as flight
 
 from .. import errors
 from .addresses import is_loopback
-from .flight_catalog import UploadAbortedError
 
 __all__ = [
     "WIRE_MESSAGE_BYTES",
@@ -51,6 +52,8 @@ __all__ = [
     "FlightConfigError",
     "check_location",
     "flight_error",
+    "flight_exception",
+    "flight_status",
     "mapped",
     "mapped_batches",
 ]
@@ -69,7 +72,7 @@ _log = logging.getLogger(__name__)
 
 #: The most bytes of message an error sends to the client.  pyarrow's client repeats the message
 #: in the text of its exception, which then stays under 1 KiB.
-WIRE_MESSAGE_BYTES = 320
+WIRE_MESSAGE_BYTES = errors.WIRE_MESSAGE_BYTES
 
 #: attribute set on exceptions bound for the wire: their traceback stays on the server
 _WIRE_MARK = "_dpdpu_flight_wire"
@@ -117,39 +120,71 @@ def _for_wire(exc: BaseException, cause: BaseException) -> BaseException:
     return exc
 
 
-def _wire_message(exc: BaseException) -> str:
-    """``exc``'s message, cut to :data:`WIRE_MESSAGE_BYTES` of UTF-8."""
-    # str() of a plain KeyError quotes its message
+#: what a FlightServerError's extra_info starts with when it carries a status Flight has no error for
+_STATUS_TAG = b"dpdpu-status:"
+
+# The statuses pyarrow's Flight server can send as themselves, and the exception that sends each.
+_FLIGHT_EXCEPTION: dict[str, Callable[[str], Exception]] = {
+    "INVALID_ARGUMENT": pa.ArrowInvalid,
+    "NOT_FOUND": pa.ArrowKeyError,
+    "UNIMPLEMENTED": NotImplementedError,
+    "CANCELLED": flight.FlightCancelledError,
+    "DEADLINE_EXCEEDED": flight.FlightTimedOutError,
+    "UNAUTHENTICATED": flight.FlightUnauthenticatedError,
+    "PERMISSION_DENIED": flight.FlightUnauthorizedError,
+    "UNAVAILABLE": flight.FlightUnavailableError,
+}
+
+# What a client's exception says, by its class (most specific first).
+_FLIGHT_STATUS: tuple[tuple[type[BaseException], str], ...] = (
+    (flight.FlightCancelledError, "CANCELLED"),
+    (flight.FlightTimedOutError, "DEADLINE_EXCEEDED"),
+    (flight.FlightUnauthenticatedError, "UNAUTHENTICATED"),
+    (flight.FlightUnauthorizedError, "PERMISSION_DENIED"),
+    (flight.FlightUnavailableError, "UNAVAILABLE"),
+    (flight.FlightInternalError, "INTERNAL"),
+    (flight.FlightError, "UNKNOWN"),
+    (pa.ArrowInvalid, "INVALID_ARGUMENT"),
+    (KeyError, "NOT_FOUND"),
+    (NotImplementedError, "UNIMPLEMENTED"),
+)
+
+
+def flight_exception(status: str, message: str) -> Exception:
+    """The exception a Flight handler raises so that the client gets ``status`` (a name of
+    :data:`dpdpu.errors.WIRE_STATUSES`) and ``message``.
+
+    Flight has errors for some statuses only; the others go as a server error
+    whose ``extra_info`` names the status, which :func:`flight_status` reads back.
+    """
+    make = _FLIGHT_EXCEPTION.get(status)
+    out: Exception = (
+        make(message) if make is not None else flight.FlightServerError(message, _STATUS_TAG + status.encode())
+    )
+    return out
+
+
+def flight_status(exc: BaseException) -> tuple[str, str]:
+    """The wire status and the message of an error a Flight call raised on the client."""
+    info = getattr(exc, "extra_info", b"")
+    status = next((s for cls, s in _FLIGHT_STATUS if isinstance(exc, cls)), "UNKNOWN")
+    if isinstance(exc, flight.FlightServerError) and isinstance(info, bytes) and info.startswith(_STATUS_TAG):
+        status = info[len(_STATUS_TAG) :].decode("ascii", "replace")
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) else str(exc)
-    data = text.encode("utf-8", "replace")
-    if len(data) <= WIRE_MESSAGE_BYTES:
-        return text
-    note = f"... (cut from {len(data):,} bytes)"
-    return data[: WIRE_MESSAGE_BYTES - len(note)].decode("utf-8", "ignore") + note
+    # pyarrow appends the status detail and gRPC's debug context to the message
+    return status, text.split(". Detail:")[0].split(". gRPC client debug context")[0]
 
 
 def flight_error(exc: BaseException) -> BaseException:
     """The exception to raise so that the client sees the Flight status matching ``exc``, with a short message."""
-    message = _wire_message(exc)
-    if isinstance(exc, (flight.FlightError, pa.ArrowException, NotImplementedError)):
-        if message == str(exc):
-            return exc
-        with contextlib.suppress(TypeError):  # the same type, with the message cut
-            return type(exc)(message, exc.extra_info) if isinstance(exc, flight.FlightError) else type(exc)(message)
-    out: BaseException
-    if isinstance(exc, UploadAbortedError):
-        out = flight.FlightCancelledError(message)
-    elif isinstance(exc, (KeyError, errors.NoSuchFileError)):
-        out = pa.ArrowKeyError(message)
-    elif isinstance(exc, NotImplementedError):
-        out = NotImplementedError(message)
-    elif isinstance(exc, errors.DeviceMemoryError):
-        out = flight.FlightServerError(message)
-    elif isinstance(exc, (ValueError, TypeError)):
-        out = pa.ArrowInvalid(message)  # dpdpu's invalid-argument and expression errors are ValueErrors
-    else:
-        out = flight.FlightServerError(f"{type(exc).__name__}: {message}")
-    return out
+    if isinstance(exc, flight.FlightError):  # a status already: only its message is cut
+        message = errors.cut_utf8(str(exc), WIRE_MESSAGE_BYTES)
+        cut: BaseException = exc
+        if message != str(exc):
+            with contextlib.suppress(TypeError):
+                cut = type(exc)(message, exc.extra_info)
+        return cut
+    return flight_exception(*errors.to_wire(exc, WIRE_MESSAGE_BYTES))
 
 
 def mapped(fn: F) -> F:

@@ -57,7 +57,7 @@ KEY_MAX: int = lib.DPDPU_CACHE_KEY_MAX
 # Wire records.  Request: id, kind, key length, then the key (and, for a
 # cache put, version, offset, size and the file name).  Response: id, status,
 # then the value (DPU), the forwarding reason and the key (FORWARD), the
-# answer of a control request (DONE) or "ErrorClass\0message" (ERROR).
+# answer of a control request (DONE) or "WIRE_STATUS\0ErrorClass\0message" (ERROR).
 _REQ = struct.Struct("<QBH")
 _PUT = struct.Struct("<QQI")
 _RSP = struct.Struct("<QB")
@@ -80,6 +80,8 @@ _U64 = (1 << 64) - 1
 class CacheMissError(errors.DpdpuError, KeyError):
     """The key is not in the cache table and no host handler takes misses."""
 
+    wire_status = "NOT_FOUND"
+
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return Exception.__str__(self)
 
@@ -90,6 +92,8 @@ class RemoteRequestError(errors.DpdpuError, RuntimeError):
     Attributes:
         remote_type: the name of the exception class raised on the back end.
     """
+
+    wire_status = "UNKNOWN"
 
     remote_type: str | None = None
 
@@ -289,7 +293,7 @@ def _error_record(rid: int, exc: BaseException, where: str = "") -> bytes:
     message = exc.detail if isinstance(exc, errors.DpdpuError) else str(exc)
     if where:
         message = f"{where} raised {type(exc).__name__}: {message}"
-    text = f"{type(exc).__name__}\0{message}"
+    text = f"{errors.wire_status(exc)}\0{type(exc).__name__}\0{errors.cut_utf8(message)}"
     return _RSP.pack(rid, _ST_ERROR) + text.encode("utf-8", "replace")
 
 
@@ -738,12 +742,16 @@ class DdsFrontEnd:
 
 
 def _rebuild_error(body: bytes, op: str = "dds_get") -> BaseException:
-    name, _, message = body.decode("utf-8", "replace").partition("\0")
-    if name == "CacheMissError":
-        return CacheMissError(message, op=op, code="MISS")
-    cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, errors.DpdpuError) and cls is not errors.DpdpuError:
-        return cls(message, op=op)
-    err = RemoteRequestError(message, op=op)
-    err.remote_type = name
+    status, _, rest = body.decode("utf-8", "replace").partition("\0")
+    name, _, message = rest.partition("\0")
+    # A dpdpu error comes back as its own class; anything else the back end's code raised, as RemoteRequestError.
+    err = errors.from_wire(status, message, kind=name, classes=_KNOWN, default=RemoteRequestError, op=op)
+    if isinstance(err, CacheMissError):
+        err.code = "MISS"
+    elif isinstance(err, RemoteRequestError):
+        err.remote_type = name
     return err
+
+
+#: classes of this module an error record may name
+_KNOWN: dict[str, type[errors.DpdpuError]] = {"NOT_FOUND": CacheMissError}

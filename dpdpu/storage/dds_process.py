@@ -48,6 +48,8 @@ _FAILED = "dpdpu-dds-failed: "
 class BackEndStartError(errors.DpdpuError, RuntimeError):
     """The back end process exited or stayed silent before it was ready to serve."""
 
+    wire_status = "UNAVAILABLE"
+
 
 def _load(spec: str) -> Callable[..., Any]:
     module, sep, attr = spec.partition(":")
