@@ -11,7 +11,7 @@ import grpc  # type: ignore[import-untyped]
 import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import dpdpu
@@ -115,7 +115,6 @@ def test_from_wire_classes_kind_and_default() -> None:
     assert wire_status(from_wire("NOT_FOUND", "m", kind="KeyError", default=Mine)) == "NOT_FOUND"
 
 
-@settings(max_examples=200, deadline=None)
 @given(status=st.text(max_size=30), message=st.text(max_size=200), kind=st.none() | st.text(max_size=40))
 def test_from_wire_takes_anything_a_peer_sends(status: str, message: str, kind: str | None) -> None:
     err = from_wire(status, message, kind=kind)
@@ -147,7 +146,6 @@ def test_every_status_crosses_a_flight_endpoint(rt: Runtime) -> None:
         assert type(flight_exception("RESOURCE_EXHAUSTED", "m")) is fl.FlightServerError
 
 
-@settings(max_examples=200, deadline=None)
 @given(info=st.binary(max_size=64), message=st.text(max_size=100))
 def test_flight_status_reads_any_server_error(info: bytes, message: str) -> None:
     status, text = flight_status(fl.FlightServerError(message, info))

@@ -2,7 +2,7 @@
 
 A transport primitive of the core, like DOCA's Comch on DOCA Core: the
 storage engine's DDS path and the network engine's Flight routing both run
-over it.
+over it, in the frames of :mod:`dpdpu.runtime.channel_rpc`.
 
 A :class:`Channel` is one end of a ring (``csrc/ring.c``): the process that
 creates it takes one end (by default the sending one) and the process that
