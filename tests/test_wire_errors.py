@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+import subprocess
+import sys
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
@@ -150,3 +152,23 @@ def test_every_status_crosses_a_flight_endpoint(rt: Runtime) -> None:
 def test_flight_status_reads_any_server_error(info: bytes, message: str) -> None:
     status, text = flight_status(fl.FlightServerError(message, info))
     assert isinstance(status, str) and isinstance(text, str)
+
+
+FORMATTER_SCOPE = """
+import traceback
+original = traceback.format_exception
+import dpdpu.network.flight as flight
+assert traceback.format_exception is original, "importing the endpoint patched the traceback module"
+first, second = flight.FlightEndpoint(), flight.FlightEndpoint()
+assert traceback.format_exception is not original
+first.close()
+assert traceback.format_exception is not original, "one endpoint is still open"
+second.close()
+assert traceback.format_exception is original, "the last endpoint closed"
+print("ok")
+"""
+
+
+def test_traceback_formatting_is_touched_only_while_an_endpoint_is_open() -> None:
+    done = subprocess.run([sys.executable, "-c", FORMATTER_SCOPE], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

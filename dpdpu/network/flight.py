@@ -96,7 +96,7 @@ from ..runtime.runtime import Runtime, current_runtime
 from .addresses import is_unspecified
 from .flight_catalog import Catalog, DatasetNotFoundError, StoredDataset, UploadAbortedError
 from .flight_routing import HostHandler, HostLink
-from .flight_server import BearerAuth, FlightConfigError, check_location, mapped, mapped_batches
+from .flight_server import BearerAuth, FlightConfigError, check_location, mapped, mapped_batches, wire_formatter
 from .flight_tickets import (
     DEFAULT_KIND,
     ExchangeStep,
@@ -296,9 +296,11 @@ class FlightEndpoint:
             options["tls_certificates"] = [tls]
         if tls is not None and not location.startswith("grpc+tls:"):
             location = "grpc+tls:" + location.split(":", 1)[1]
+        self._release_formatter = wire_formatter.hold()  # from the first call the server may take
         try:
             self._server = _Server(self, location, **options)
         except BaseException:
+            self._release_formatter()
             self.catalog.close()
             if self._host is not None:
                 self._host.close()
@@ -340,6 +342,7 @@ class FlightEndpoint:
         self._server.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self._release_formatter()
         self.catalog.close()
         if self._host is not None:
             self._host.close()

@@ -20,12 +20,12 @@ Only the message leaves the server.  pyarrow describes a Python exception
 that becomes a non-Flight status (INVALID_ARGUMENT, NOT_FOUND ...) with
 ``traceback.format_exception`` and sends that text to the client as the
 status detail: file paths and source lines of the server.  Every exception
-:func:`mapped` lets out is marked, and a thin wrapper of
-``traceback.format_exception`` (installed once, delegating for every other
-exception) describes a marked one by its type name alone, which is what
-pyarrow itself sends when it cannot format one.  The traceback is logged
-on the server instead (``dpdpu.network.flight_server`` logger, DEBUG; an
-unexpected error at WARNING).
+:func:`mapped` lets out is marked, and while an endpoint is open a thin
+wrapper of ``traceback.format_exception`` (:data:`wire_formatter`,
+delegating for every other exception) describes a marked one by its type
+name alone.  The traceback is logged on the server instead
+(``dpdpu.network.flight_server`` logger, DEBUG; an unexpected error at
+WARNING).
 """
 
 from __future__ import annotations
@@ -76,7 +76,6 @@ WIRE_MESSAGE_BYTES = errors.WIRE_MESSAGE_BYTES
 
 #: attribute set on exceptions bound for the wire: their traceback stays on the server
 _WIRE_MARK = "_dpdpu_flight_wire"
-_install_lock = threading.Lock()
 
 
 def _type_name(exc: BaseException) -> str:
@@ -84,28 +83,59 @@ def _type_name(exc: BaseException) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _install_wire_formatter() -> None:
-    """Make ``traceback.format_exception`` describe wire-bound exceptions by type name only.
+class _WireFormatter:
+    """``traceback.format_exception``, describing wire-bound exceptions by type name, while endpoints serve.
 
-    pyarrow looks the function up on the ``traceback`` module each time it
-    describes an exception for a client, so a wrapper there is the one place
-    its status detail can be kept free of server source.  Every exception
-    without the mark is formatted exactly as before.
+    pyarrow's Flight server describes a Python exception that becomes a
+    non-Flight status (INVALID_ARGUMENT, NOT_FOUND ...) by calling
+    ``traceback.format_exception``, looked up on the ``traceback`` module each
+    time, and sends the text to the client: the server's file paths and source
+    lines.  Nothing else runs between the handler's exception and that call
+    (see docs/ARCHITECTURE.md, "Network engine"), so a wrapper there is the one
+    place the status detail can be kept clean.  It is installed while at least
+    one endpoint is open in the process and removed with the last one; it
+    formats every exception without the mark exactly as before.
     """
-    with _install_lock:
-        original = traceback.format_exception
-        if getattr(original, _WIRE_MARK, False):
-            return
 
-        @functools.wraps(original)
-        def format_exception(*args: Any, **kwargs: Any) -> list[str]:
-            value = args[1] if len(args) > 1 else kwargs.get("value", args[0] if args else None)
-            if isinstance(value, BaseException) and getattr(value, _WIRE_MARK, False):
-                return [_type_name(value)]
-            return original(*args, **kwargs)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+        self._original: Callable[..., list[str]] | None = None
+        self._wrapper: Callable[..., list[str]] | None = None
 
-        setattr(format_exception, _WIRE_MARK, True)
-        traceback.format_exception = format_exception
+    def hold(self) -> Callable[[], None]:
+        """Install the wrapper (if no endpoint has) and return the function that lets it go (idempotent)."""
+        with self._lock:
+            if self._open == 0:
+                original = traceback.format_exception
+
+                @functools.wraps(original)
+                def format_exception(*args: Any, **kwargs: Any) -> list[str]:
+                    value = args[1] if len(args) > 1 else kwargs.get("value", args[0] if args else None)
+                    if isinstance(value, BaseException) and getattr(value, _WIRE_MARK, False):
+                        return [_type_name(value)]
+                    return original(*args, **kwargs)
+
+                self._original, self._wrapper = original, format_exception
+                traceback.format_exception = format_exception
+            self._open += 1
+        held = [True]
+
+        def release() -> None:
+            with self._lock:
+                if not held:
+                    return
+                held.clear()
+                self._open -= 1
+                # Someone who wrapped it after us keeps our wrapper inside theirs: it only looks for the mark.
+                if self._open == 0 and traceback.format_exception is self._wrapper:
+                    traceback.format_exception = self._original  # type: ignore[assignment]
+
+        return release
+
+
+#: held by each open endpoint (:meth:`dpdpu.network.flight.FlightEndpoint.close` lets go)
+wire_formatter = _WireFormatter()
 
 
 def _for_wire(exc: BaseException, cause: BaseException) -> BaseException:
@@ -190,8 +220,6 @@ def flight_error(exc: BaseException) -> BaseException:
 def mapped(fn: F) -> F:
     """Raise whatever ``fn`` raises as the matching Flight error."""
 
-    _install_wire_formatter()
-
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -204,7 +232,6 @@ def mapped(fn: F) -> F:
 
 def mapped_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Yield ``batches``, raising whatever they raise as the matching Flight error (as :func:`mapped`)."""
-    _install_wire_formatter()
     try:
         yield from batches
     except Exception as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
+import logging
 import threading
 import time
 import weakref
@@ -31,7 +32,9 @@ from .profile import Profile
 from .registry import open_device
 from .units import fmt_bytes, fmt_seconds
 
-__all__ = ["Runtime", "RuntimeStats", "current_runtime", "python_task"]
+__all__ = ["Runtime", "RuntimeStats", "current_runtime", "default_runtime", "python_task"]
+
+_log = logging.getLogger(__name__)
 
 _current: ContextVar[Runtime | None] = ContextVar("dpdpu_runtime", default=None)
 #: engine label every task submitted in this context goes to (see Runtime.pinned)
@@ -334,18 +337,32 @@ class Runtime:
 
 
 def current_runtime() -> Runtime:
-    """The runtime of the innermost ``with Runtime()`` block, else the default runtime.
-
-    The default runtime is created on first use on ``$DPDPU_DEVICE`` (else
-    ``bluefield3``) and shut down when the interpreter exits.
-    """
+    """The runtime of the innermost ``with Runtime()`` block, else :func:`default_runtime`."""
     rt = _current.get()
     if rt is not None and not rt.closed:
         return rt
+    return default_runtime()
+
+
+def default_runtime() -> Runtime:
+    """The process's default runtime, which calls outside any ``with Runtime()`` block use.
+
+    It is started on first use (``dpdpu.compute.compress(...)`` with no
+    runtime, say) on ``$DPDPU_DEVICE``, else ``bluefield3``, with its
+    device's worker threads; starting it is logged once at INFO on the
+    ``dpdpu.runtime.runtime`` logger, naming the device.  It is shut down when
+    the interpreter exits; shutting it down earlier is allowed, and the next
+    use starts a new one.
+    """
     global _default
     with _default_lock:
         if _default is None or _default.closed:
             _default = Runtime()
+            _log.info(
+                "started the default runtime on %s for calls outside a `with Runtime(...)` block "
+                "(device worker threads; shut down at exit)",
+                _default.device.label,
+            )
         return _default
 
 
