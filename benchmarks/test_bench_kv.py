@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 
 from dpdpu.kv import KvStore, ModelShape
-from dpdpu.storage.kv_sim import simulate
+from dpdpu.kv.sim import simulate
 
 SHAPE = ModelShape("llama-7b", layers=32, kv_heads=32, head_dim=128, dtype="fp16")
 CHUNKS = int(os.environ.get("DPDPU_BENCH_KV_CHUNKS", "2"))

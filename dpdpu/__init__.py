@@ -19,6 +19,7 @@ from .runtime import (
     RuntimeStats,
     TaskFuture,
     current_runtime,
+    default_runtime,
     offload,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "__version__",
     "compute",
     "current_runtime",
+    "default_runtime",
     "errors",
     "offload",
 ]

@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 
 from dpdpu.kv import KvStore, ModelShape
-from dpdpu.storage.kv_connector import KvConnector
+from dpdpu.kv.connector import KvConnector
 
 SHAPE = ModelShape("toy-llm", layers=4, kv_heads=4, head_dim=32, dtype="fp16")
 

@@ -12,7 +12,7 @@ import mmap
 import struct
 from pathlib import Path
 
-from dpdpu.network.channel import Channel
+from dpdpu.runtime.channel import Channel
 
 HEADER = 4096
 TAIL, HEAD = 64, 128

@@ -272,9 +272,9 @@ def test_agent_import_that_hangs_times_out_and_frees_the_name(tmp_path: Path) ->
     assert store.hung_imports == 0 and store.lookup("stuck.double")(2) == 4  # the late import changed nothing
     import grpc  # type: ignore[import-untyped]
 
-    from dpdpu.agent.server import _status_of
+    from dpdpu.agent.server import grpc_status
 
-    assert _status_of(ImportTimeoutError("late")) == grpc.StatusCode.DEADLINE_EXCEEDED  # Deploy's status
+    assert grpc_status(ImportTimeoutError("late")) == grpc.StatusCode.DEADLINE_EXCEEDED  # Deploy's status
 
 
 def test_crlf_module_restores(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 from click.testing import CliRunner
 
 from dpdpu import __version__
-from dpdpu.cli import main
+from dpdpu.cli import COMMANDS, main
 
 
 def test_help_documents_every_command() -> None:
@@ -19,6 +19,17 @@ def test_help_documents_every_command() -> None:
     for command in ("demo", "devices"):
         assert command in result.output
     assert CliRunner().invoke(main, ["demo", "--help"]).exit_code == 0
+
+
+def test_the_command_list_is_the_group() -> None:
+    # Every command is on the list, and nothing else joins the group (no registration on import).
+    names = sorted(c.name or "" for c in COMMANDS)
+    assert names == sorted(main.commands)
+    families = {
+        "devices": ["devices"], "demo": ["demo"], "simulate": ["simulate"], "fidelity": ["fidelity"], "kv": ["kv-sim"],
+        "agent": ["agent", "deploy", "offloads", "undeploy", "invoke", "stats", "health"],
+    }  # fmt: skip
+    assert names == sorted(name for family in families.values() for name in family)
 
 
 def test_version() -> None:

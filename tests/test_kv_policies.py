@@ -7,7 +7,7 @@ from collections.abc import Hashable
 import pytest
 
 from dpdpu import errors
-from dpdpu.storage.kv_policies import LruPolicy, S3FifoPolicy, make_policy
+from dpdpu.kv.policies import LruPolicy, S3FifoPolicy, make_policy
 
 
 def everything(key: Hashable) -> bool:

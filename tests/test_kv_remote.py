@@ -12,9 +12,9 @@ import pytest
 
 from dpdpu import errors
 from dpdpu.kv import KvShapeError, KvStore, ModelShape, TokenError
+from dpdpu.kv.connector import KvConnector
+from dpdpu.kv.remote import KvFlightService, KvRemoteError, RemoteKvStore
 from dpdpu.network.flight import FlightEndpoint
-from dpdpu.storage.kv_connector import KvConnector
-from dpdpu.storage.kv_remote import KvFlightService, KvRemoteError, RemoteKvStore
 
 SHAPE = ModelShape("tiny", layers=3, kv_heads=2, head_dim=8)
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from dpdpu.cli import main
+from dpdpu.kv.sim import TraceError, generate_trace, load_trace, simulate, trace_tokens
 from dpdpu.runtime.profile import Profile
-from dpdpu.storage.kv_sim import TraceError, generate_trace, load_trace, simulate, trace_tokens
 
 MODEL = "t:2:1:4"  # 2 layers x 2 x 1 head x 4 dims x 2 bytes = 32 bytes per token
 CHUNK_BYTES = 4 * 32

@@ -10,7 +10,7 @@ import pytest
 import dpdpu
 from dpdpu import Runtime, compute, errors, offload
 from dpdpu.kv import KvStore, ModelShape
-from dpdpu.network.channel import Channel
+from dpdpu.runtime.channel import Channel
 from dpdpu.runtime.runtime import python_task
 
 SHAPE = ModelShape("tiny", layers=1, kv_heads=1, head_dim=8)

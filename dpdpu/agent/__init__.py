@@ -9,8 +9,8 @@
 - :mod:`dpdpu.agent.security` -- token, TLS and bind rules
 - ``control.proto`` -- the gRPC control service
 
-Names are imported on first use so that importing this package (the CLI does)
-does not load grpc.
+Names are imported on first use so that importing this package (the ``dpdpu`` command does,
+for its payload limits) does not load grpc.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc  # type: ignore[import-untyped]
 
-from ..errors import DpdpuError, InvalidArgumentError
+from ..errors import DpdpuError, InvalidArgumentError, from_wire
 from ._proto import control_pb2 as pb
 from .payloads import check_seconds, clip
 from .security import default_data_dir, read_token
@@ -58,13 +58,19 @@ class AgentError(DpdpuError):
 class AgentUnavailableError(AgentError, ConnectionError):
     """No agent answered at the address."""
 
+    wire_status = "UNAVAILABLE"
+
 
 class AgentAuthError(AgentError, PermissionError):
     """The agent refused the token (or it cannot be sent: empty, too long, not printable ASCII)."""
 
+    wire_status = "UNAUTHENTICATED"
+
 
 class AgentNotFoundError(AgentError, LookupError):
     """No deployment or offload of that name."""
+
+    wire_status = "NOT_FOUND"
 
 
 class AgentRejectedError(AgentError, InvalidArgumentError):
@@ -74,21 +80,26 @@ class AgentRejectedError(AgentError, InvalidArgumentError):
 class OffloadFailedError(AgentError, RuntimeError):
     """The offload raised; the message carries its exception."""
 
+    wire_status = "UNKNOWN"
+
 
 class OffloadTimeoutError(AgentError, TimeoutError):
     """The offload did not finish within the timeout."""
 
+    wire_status = "DEADLINE_EXCEEDED"
 
-_ERRORS: dict[grpc.StatusCode, type[AgentError]] = {
-    grpc.StatusCode.UNAVAILABLE: AgentUnavailableError,
-    grpc.StatusCode.UNAUTHENTICATED: AgentAuthError,
-    grpc.StatusCode.PERMISSION_DENIED: AgentAuthError,
-    grpc.StatusCode.NOT_FOUND: AgentNotFoundError,
-    grpc.StatusCode.INVALID_ARGUMENT: AgentRejectedError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: AgentRejectedError,
-    grpc.StatusCode.UNKNOWN: OffloadFailedError,
-    grpc.StatusCode.ABORTED: OffloadFailedError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: OffloadTimeoutError,
+
+#: the client's error for each status the agent answers with (any other: AgentError)
+_ERRORS: dict[str, type[DpdpuError]] = {
+    "UNAVAILABLE": AgentUnavailableError,
+    "UNAUTHENTICATED": AgentAuthError,
+    "PERMISSION_DENIED": AgentAuthError,
+    "NOT_FOUND": AgentNotFoundError,
+    "INVALID_ARGUMENT": AgentRejectedError,
+    "RESOURCE_EXHAUSTED": AgentRejectedError,
+    "UNKNOWN": OffloadFailedError,
+    "ABORTED": OffloadFailedError,
+    "DEADLINE_EXCEEDED": OffloadTimeoutError,
 }
 
 
@@ -317,8 +328,10 @@ def check_token(token: str) -> None:
 
 def _error(exc: grpc.RpcError, address: str) -> AgentError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     details = clip((exc.details() if hasattr(exc, "details") else None) or str(code))
-    cls = _ERRORS.get(code, AgentError)
-    if cls is AgentUnavailableError:
+    if _ERRORS.get(status) is AgentUnavailableError:
         details = f"no agent reachable at {clip(address, 200)}: {details}"
-    return cls(details, code=code.name)
+    err = from_wire(status, details, classes=_ERRORS, default=AgentError)
+    err.code = status
+    return cast(AgentError, err)

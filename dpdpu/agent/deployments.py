@@ -63,6 +63,8 @@ __all__ = [
     "UnknownDeploymentError",
     "UnknownOffloadError",
     "find_offloads",
+    "forget_module",
+    "load_module",
     "module_name",
     "source_version",
 ]
@@ -93,17 +95,25 @@ class DeploymentError(InvalidArgumentError):
 class ImportTimeoutError(DpdpuError, TimeoutError):
     """The agent's own import of a module did not finish in time (its thread is left running)."""
 
+    wire_status = "DEADLINE_EXCEEDED"
+
 
 class ModuleTooLargeError(DeploymentError):
     """The module's source exceeds the agent's size limit."""
+
+    wire_status = "RESOURCE_EXHAUSTED"
 
 
 class UnknownDeploymentError(DpdpuError, LookupError):
     """No deployment of that name exists."""
 
+    wire_status = "NOT_FOUND"
+
 
 class UnknownOffloadError(DpdpuError, LookupError):
     """No deployed offload of that name exists (or a bare name is ambiguous)."""
+
+    wire_status = "NOT_FOUND"
 
 
 def source_version(source: str) -> str:
@@ -256,7 +266,7 @@ class DeploymentStore:
                         folder.rmdir()
                 raise
             if current is not None:
-                _forget(current.module)
+                forget_module(current.module)
                 self._unload(name, current.version)
                 (folder / f"{current.version}.py").unlink(missing_ok=True)
             elif old is not None and old.get("version") != version:
@@ -283,7 +293,7 @@ class DeploymentStore:
             raise
         if sorted(offloads) != names:
             # Imports that differ between two processes are not worth loading.
-            _forget(module)
+            forget_module(module)
             self._unload(name, version)
             path.unlink(missing_ok=True)
             raise DeploymentError(
@@ -308,7 +318,7 @@ class DeploymentStore:
                     raise UnknownDeploymentError(f"no deployment named {shown(name)}")
                 self._reindex()
                 self._write_manifest()
-            _forget(deployment.module)
+            forget_module(deployment.module)
             self._unload(name, deployment.version)
             folder = self.root / name
             (folder / f"{deployment.version}.py").unlink(missing_ok=True)
@@ -421,7 +431,7 @@ class DeploymentStore:
         return sorted(offloads)
 
     def _load_in_time(self, name: str, version: str, path: Path) -> tuple[ModuleType, dict[str, Callable[..., Any]]]:
-        """:func:`_load` within the import timeout.
+        """:func:`load_module` within the import timeout.
 
         The isolated check passed, but this import can still hang (the module may
         behave differently the second time).  The import runs in a thread of its own;
@@ -437,7 +447,7 @@ class DeploymentStore:
         def run() -> None:
             nonlocal abandoned
             try:
-                result: Any = _load(name, version, path)
+                result: Any = load_module(name, version, path)
             except BaseException as exc:  # handed to the waiting thread, which raises it
                 result = exc
             with guard:
@@ -448,7 +458,7 @@ class DeploymentStore:
                 with self._lock:
                     self._hung_imports -= 1
                 if isinstance(result, tuple):
-                    _forget(result[0])
+                    forget_module(result[0])
 
         thread = threading.Thread(target=run, name=f"dpdpu-import-{name}", daemon=True)
         thread.start()
@@ -520,7 +530,7 @@ def _check_in_child(path: Path, timeout_s: float, memory_bytes: int) -> dict[str
     return result
 
 
-def _load(name: str, version: str, path: Path) -> tuple[ModuleType, dict[str, Callable[..., Any]]]:
+def load_module(name: str, version: str, path: Path) -> tuple[ModuleType, dict[str, Callable[..., Any]]]:
     """Import ``path`` in this process as a private module and collect its offloads."""
     private = module_name(name, version)
     spec = importlib.util.spec_from_file_location(private, path)
@@ -537,11 +547,12 @@ def _load(name: str, version: str, path: Path) -> tuple[ModuleType, dict[str, Ca
         raise DeploymentError(f"module failed to import: {exception_text(exc)}") from None
     offloads = find_offloads(module)
     if not offloads:
-        _forget(module)
+        forget_module(module)
         raise DeploymentError("module defines no @offload functions")
     return module, offloads
 
 
-def _forget(module: ModuleType | None) -> None:
+def forget_module(module: ModuleType | None) -> None:
+    """Drop a module that :func:`load_module` made from ``sys.modules`` (if it is still the one there)."""
     if module is not None and sys.modules.get(module.__name__) is module:
         del sys.modules[module.__name__]

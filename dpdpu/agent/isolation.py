@@ -67,6 +67,8 @@ _REPLY_OVERHEAD = 1 << 16
 class WorkerDiedError(DpdpuError, RuntimeError):
     """The worker process running a call ended before answering (exit, crash, signal)."""
 
+    wire_status = "ABORTED"
+
     def __init__(self, message: str, status_text: str) -> None:
         super().__init__(message)
         self.status_text = status_text
@@ -74,6 +76,8 @@ class WorkerDiedError(DpdpuError, RuntimeError):
 
 class WorkerStartError(DpdpuError, RuntimeError):
     """No worker process could be started."""
+
+    wire_status = "UNAVAILABLE"
 
 
 class ArgumentsError(InvalidArgumentError):
@@ -83,6 +87,8 @@ class ArgumentsError(InvalidArgumentError):
 class RemoteError(DpdpuError, RuntimeError):
     """What a worker reported as a failure: the offload raised, its module failed to load, or
     its result could not be encoded (``stage``: ``"call"``, ``"load"`` or ``"result"``)."""
+
+    wire_status = "UNKNOWN"
 
     def __init__(self, type_name: str, message: str, stage: str, recycled: bool) -> None:
         super().__init__(f"{type_name}: {message}" if message else type_name)

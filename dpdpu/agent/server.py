@@ -38,7 +38,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 
 from .. import __version__
-from ..errors import DpdpuError, InvalidArgumentError, RuntimeClosedError
+from ..errors import DpdpuError, InvalidArgumentError, RuntimeClosedError, to_wire, wire_status
 from ..runtime.runtime import Runtime
 from ._proto import control_pb2 as pb
 from .client import SERVICE
@@ -48,9 +48,6 @@ from .deployments import (
     DEFAULT_MEMORY_BYTES,
     Deployment,
     DeploymentStore,
-    ImportTimeoutError,
-    ModuleTooLargeError,
-    UnknownDeploymentError,
     UnknownOffloadError,
 )
 from .isolation import (
@@ -61,7 +58,16 @@ from .isolation import (
     WorkerPool,
     WorkerStartError,
 )
-from .payloads import check_seconds, clip, decode_args, exception_text, result_json, shown, split_args
+from .payloads import (
+    MAX_MESSAGE_CHARS,
+    check_seconds,
+    clip,
+    decode_args,
+    exception_text,
+    result_json,
+    shown,
+    split_args,
+)
 from .security import TlsFiles, check_bind, ensure_token, split_address
 from .zygote import ZygoteError
 
@@ -90,9 +96,13 @@ _STOP_MARGIN_S = 5.0
 class OffloadAbortedError(DpdpuError, RuntimeError):
     """An offload raised SystemExit or KeyboardInterrupt (reported as a failed invocation)."""
 
+    wire_status = "UNKNOWN"
+
 
 class TooManyHungError(DpdpuError, RuntimeError):
     """Too many invocations are past their timeout and still running; restart the agent."""
+
+    wire_status = "RESOURCE_EXHAUSTED"
 
 
 @dataclass
@@ -165,26 +175,20 @@ class _TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
 # --- the service -----------------------------------------------------------------------
 
-# Which status a refused request gets, most specific class first.
-_STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (ModuleTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (TooManyHungError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (WorkerDiedError, grpc.StatusCode.ABORTED),
-    (WorkerStartError, grpc.StatusCode.UNAVAILABLE),
-    (ZygoteError, grpc.StatusCode.UNAVAILABLE),
-    (UnknownDeploymentError, grpc.StatusCode.NOT_FOUND),
-    (UnknownOffloadError, grpc.StatusCode.NOT_FOUND),
-    (RuntimeClosedError, grpc.StatusCode.UNAVAILABLE),
-    (ImportTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+#: what refuses an invocation before the offload runs: these keep their own status (the rest, see _failure)
+_REFUSALS: tuple[type[Exception], ...] = (
+    UnknownOffloadError,
+    TooManyHungError,
+    RuntimeClosedError,
+    WorkerStartError,
+    ZygoteError,
+    ArgumentsError,
 )
 
 
-def _status_of(exc: BaseException) -> grpc.StatusCode:
-    for cls, code in _STATUS_OF:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
+def grpc_status(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC status a refused request gets: the error's wire status (:func:`dpdpu.errors.to_wire`)."""
+    return grpc.StatusCode[wire_status(exc)]
 
 
 def _deployment_pb(d: Deployment) -> Any:
@@ -533,18 +537,11 @@ class Agent:
         if remaining is not None:
             # Answer before the caller's deadline, with our own message.
             timeout = min(timeout or self.config.invoke_timeout_s, max(0.001, remaining - 0.05))
-        failure: tuple[grpc.StatusCode, str] | None = None
+        failure: tuple[str, str] | None = None
         reply = pb.InvokeReply()
         try:
             value, placement = self._run(request.offload, args, kwargs, timeout)
-        except (
-            UnknownOffloadError,
-            TooManyHungError,
-            RuntimeClosedError,
-            WorkerStartError,
-            ZygoteError,
-            ArgumentsError,
-        ):
+        except _REFUSALS:
             raise  # refused before running: _guarded gives their status
         except Exception as exc:
             failure = _failure(request.offload, exc, self._memory_bytes)
@@ -554,9 +551,9 @@ class Agent:
             except ValueError as exc:
                 with self._lock:
                     self._failures += 1
-                failure = (grpc.StatusCode.UNKNOWN, f"result of {request.offload} cannot be sent: {exc}")
+                failure = ("UNKNOWN", f"result of {request.offload} cannot be sent: {exc}")
         if failure is not None:
-            context.abort(failure[0], clip(failure[1]))
+            context.abort(grpc.StatusCode[failure[0]], clip(failure[1]))
         reply.engine = placement.engine
         if placement.wall_s is not None:
             reply.wall_s = placement.wall_s
@@ -688,52 +685,49 @@ class Agent:
             raise flight.FlightServerError(clip(f"result of {offload} cannot be sent: {exc}")) from None
 
 
-def _failure(offload: str, exc: Exception, memory_bytes: int = 0) -> tuple[grpc.StatusCode, str]:
-    """The status and message of an invocation that ran and failed (Flight maps the status on)."""
+def _failure(offload: str, exc: Exception, memory_bytes: int = 0) -> tuple[str, str]:
+    """The wire status and message of an invocation that ran and failed.
+
+    Whatever the offload raised is UNKNOWN, whatever its type: an offload's own
+    KeyError or ValueError must not read as NOT_FOUND or INVALID_ARGUMENT.  Only
+    the agent's own verdicts keep their status: the call timed out, its worker died.
+    """
     if isinstance(exc, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
+        return "DEADLINE_EXCEEDED", str(exc)
     if isinstance(exc, WorkerDiedError):
-        return grpc.StatusCode.ABORTED, (
+        return exc.wire_status, (
             f"offload {offload} ended its worker process ({exc.status_text}); the call failed and the worker "
             "was replaced"
         )
     if isinstance(exc, RemoteError):
         if exc.stage == "result":
-            return grpc.StatusCode.UNKNOWN, f"result of {offload} cannot be sent: {exc.message}"
+            return "UNKNOWN", f"result of {offload} cannot be sent: {exc.message}"
         if exc.stage == "load":
-            return grpc.StatusCode.UNKNOWN, f"offload {offload} could not be loaded in its worker: {exc.message}"
+            return "UNKNOWN", f"offload {offload} could not be loaded in its worker: {exc.message}"
         note = ""
         if exc.recycled and memory_bytes:
             note = f" (each worker process may use {_size_text(memory_bytes)}; this one was replaced)"
-        return grpc.StatusCode.UNKNOWN, f"offload {offload} raised {clip(str(exc), 400)}{note}"
+        return "UNKNOWN", f"offload {offload} raised {clip(str(exc), 400)}{note}"
     if isinstance(exc, DpdpuError):
-        return grpc.StatusCode.UNKNOWN, f"offload {offload} failed: {exception_text(exc)}"
-    return grpc.StatusCode.UNKNOWN, f"offload {offload} raised {exception_text(exc)}"
+        return "UNKNOWN", f"offload {offload} failed: {exception_text(exc)}"
+    return "UNKNOWN", f"offload {offload} raised {exception_text(exc)}"
 
 
 def _flight_failure(offload: str, exc: Exception, memory_bytes: int = 0) -> Exception:
     """The Flight error for a failed invocation, with the status Invoke's gRPC reply would have.
 
     Built here rather than left to the endpoint's mapping, which maps by exception
-    type: an offload's own KeyError or ValueError must not read as NOT_FOUND or
-    INVALID_ARGUMENT.
+    type: what the offload raised is UNKNOWN (see :func:`_failure`).
     """
-    import pyarrow as pa
-    import pyarrow.flight as flight
+    from ..network.flight_server import flight_exception
 
-    out: Exception
-    if isinstance(exc, UnknownOffloadError):
-        out = pa.ArrowKeyError(clip(str(exc)))  # NOT_FOUND
-        return out
-    if isinstance(exc, InvalidArgumentError):
-        out = pa.ArrowInvalid(clip(str(exc)))
-    elif isinstance(exc, (TooManyHungError, RuntimeClosedError, WorkerStartError, ZygoteError)):
-        out = flight.FlightUnavailableError(clip(str(exc)))
+    if isinstance(exc, _REFUSALS):  # refused before running: the error's own status
+        status, message = to_wire(exc, MAX_MESSAGE_CHARS)
+        if isinstance(exc, TooManyHungError):
+            status = "UNAVAILABLE"  # Flight has no RESOURCE_EXHAUSTED; its clients retry UNAVAILABLE
     else:
-        code, message = _failure(offload, exc, memory_bytes)
-        timed_out = code == grpc.StatusCode.DEADLINE_EXCEEDED
-        out = (flight.FlightTimedOutError if timed_out else flight.FlightServerError)(clip(message))
-    return out
+        status, message = _failure(offload, exc, memory_bytes)
+    return flight_exception(status, clip(message))
 
 
 def _quietly(fn: Callable[[], object]) -> None:
@@ -764,8 +758,8 @@ def _guarded(fn: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, g
         try:
             return fn(request, context)
         except DpdpuError as exc:
-            code, message = _status_of(exc), str(exc)
-        context.abort(code, clip(message))
+            code, message = grpc_status(exc), to_wire(exc, MAX_MESSAGE_CHARS)[1]
+        context.abort(code, message)
 
     return handler
 

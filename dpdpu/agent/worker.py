@@ -178,15 +178,15 @@ class _Worker:
             return (_error(exc, stage),), False
 
     def _offloads(self, name: str, version: str, path: str) -> dict[str, Callable[..., Any]]:
-        from .deployments import _forget, _load
+        from .deployments import forget_module, load_module
 
         held = self.modules.get(name)
         if held is not None and held[0] == version:
             return held[2]
         if held is not None:
             del self.modules[name]
-            _forget(held[1])
-        module, offloads = _load(name, version, Path(path))
+            forget_module(held[1])
+        module, offloads = load_module(name, version, Path(path))
         self.modules[name] = (version, module, offloads)
         return offloads
 

@@ -54,6 +54,8 @@ _REPLY_TIMEOUT_S = 30.0
 class ZygoteError(DpdpuError, RuntimeError):
     """The template process could not start or answer; no worker can be made."""
 
+    wire_status = "UNAVAILABLE"
+
 
 @dataclass(frozen=True)
 class Child:

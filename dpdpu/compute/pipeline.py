@@ -31,10 +31,11 @@ import pyarrow as pa
 from .. import errors
 from ..runtime.cost import Timeline
 from ..runtime.device import Device, DeviceBuffer, EngineInfo, Task, payload_nbytes
-from ..runtime.placement import Candidate, _ms, _size
+from ..runtime.placement import Candidate
 from ..runtime.planner import Planner, Route, Stage
 from ..runtime.policies import Option
 from ..runtime.runtime import Runtime, current_runtime
+from ..runtime.units import fmt_bytes, fmt_seconds
 
 __all__ = ["Pipeline", "PipelinePlan", "PipelineRun", "Step"]
 
@@ -79,7 +80,7 @@ class PipelinePlan:
 
     def __str__(self) -> str:
         lines = [
-            f"pipeline of {len(self.steps)} steps on {_size(self.input_bytes)} ({self.policy}; "
+            f"pipeline of {len(self.steps)} steps on {fmt_bytes(self.input_bytes)} ({self.policy}; "
             f"{self.considered} assignments costed)"
         ]
         width = max(len(str(s)) for s in self.steps)
@@ -92,8 +93,8 @@ class PipelinePlan:
         for name, c in rows:
             route = " > ".join(e.split("/")[-1] + "@" + e.split("/")[0] for e in c.engines)
             lines.append(
-                f"  {name + ': ' + route:<60} {_ms(c.total_s):>10} {_ms(c.exec_s):>10} "
-                f"{_ms(c.transfer_s):>10} {_size(c.pcie_bytes):>10}"
+                f"  {name + ': ' + route:<60} {fmt_seconds(c.total_s):>10} {fmt_seconds(c.exec_s):>10} "
+                f"{fmt_seconds(c.transfer_s):>10} {fmt_bytes(c.pcie_bytes):>10}"
             )
         return "\n".join(lines)
 
@@ -111,8 +112,8 @@ class PipelineRun:
 
     def __str__(self) -> str:
         return (
-            f"{self.plan}\n  ran: wall {_ms(self.wall_s)}, modeled {_ms(self.modeled_s)}, "
-            f"{_size(self.pcie_bytes)} over PCIe"
+            f"{self.plan}\n  ran: wall {fmt_seconds(self.wall_s)}, modeled {fmt_seconds(self.modeled_s)}, "
+            f"{fmt_bytes(self.pcie_bytes)} over PCIe"
         )
 
 

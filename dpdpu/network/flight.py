@@ -65,7 +65,7 @@ excerpt of its input), never the server's traceback (see
 
 **Routing** (DDS-style): ``route(ticket) -> bool`` decides per ``do_get``
 whether the DPU serves it (True) or forwards it over a
-:class:`~dpdpu.network.channel.ChannelPair` to a
+:class:`~dpdpu.runtime.channel.ChannelPair` to a
 :class:`~dpdpu.network.flight_routing.HostHandler` on the host (False).
 
 **Compression** is Arrow IPC body compression (LZ4 frame or Zstandard), which
@@ -91,12 +91,12 @@ from ..compute.kernels import aggregate as dpdpu_aggregate
 from ..compute.kernels import filter as dpdpu_filter
 from ..compute.kernels import project as dpdpu_project
 from ..errors import clip, shown
+from ..runtime.channel import ChannelPair
 from ..runtime.runtime import Runtime, current_runtime
 from .addresses import is_unspecified
-from .channel import ChannelPair
 from .flight_catalog import Catalog, DatasetNotFoundError, StoredDataset, UploadAbortedError
 from .flight_routing import HostHandler, HostLink
-from .flight_server import BearerAuth, FlightConfigError, check_location, mapped, mapped_batches
+from .flight_server import BearerAuth, FlightConfigError, check_location, mapped, mapped_batches, wire_formatter
 from .flight_tickets import (
     DEFAULT_KIND,
     ExchangeStep,
@@ -296,9 +296,11 @@ class FlightEndpoint:
             options["tls_certificates"] = [tls]
         if tls is not None and not location.startswith("grpc+tls:"):
             location = "grpc+tls:" + location.split(":", 1)[1]
+        self._release_formatter = wire_formatter.hold()  # from the first call the server may take
         try:
             self._server = _Server(self, location, **options)
         except BaseException:
+            self._release_formatter()
             self.catalog.close()
             if self._host is not None:
                 self._host.close()
@@ -340,6 +342,7 @@ class FlightEndpoint:
         self._server.shutdown()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self._release_formatter()
         self.catalog.close()
         if self._host is not None:
             self._host.close()

@@ -63,12 +63,16 @@ _DIR = "datasets"
 class DatasetNotFoundError(errors.DpdpuError, KeyError):
     """No dataset of that name is stored at the endpoint."""
 
+    wire_status = "NOT_FOUND"
+
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return self.detail
 
 
 class UploadAbortedError(errors.DpdpuError):
     """An upload's stream broke off (the client vanished or cancelled): nothing of it was stored."""
+
+    wire_status = "CANCELLED"
 
 
 class DatasetCapacityError(errors.DeviceMemoryError):

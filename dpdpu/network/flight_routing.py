@@ -2,27 +2,21 @@
 
 As in DDS, an *offload predicate* looks at each read request (the decoded
 ticket) and says whether the DPU serves it; the others travel over a
-:class:`~dpdpu.network.channel.ChannelPair` to a :class:`HostHandler` on the
+:class:`~dpdpu.runtime.channel.ChannelPair` to a :class:`HostHandler` on the
 host, which runs the query against the host's own data and answers through
 the same channel.  The endpoint then streams that answer to the client as if
 it had computed it, so clients cannot tell which side served them.
 
-Wire format on the channel (one message each way per request):
-
-* request: an 8-byte little-endian request number, then the ticket as JSON;
-* response: the same request number, then ``b"A"`` and the result as an
-  Arrow IPC stream, or ``b"E"`` and ``{"code": "not_found" | "invalid" |
-  "internal", "message": ...}`` as JSON.
-
-The endpoint forwards one request at a time per channel and drops any
-response whose number is not the one it waits for (a late answer to a
-request that timed out), so the two sides never fall out of step.
+On the channel, one frame each way per request (:mod:`dpdpu.runtime.channel_rpc`):
+a ``GET`` frame carrying the ticket as JSON, answered by a frame carrying the
+result as an Arrow IPC stream, or by a failed frame with the error's wire
+status (:func:`dpdpu.errors.to_wire`).  The endpoint forwards one request at a
+time per channel and drops any answer to a request that timed out.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -33,30 +27,27 @@ import pyarrow.flight as flight
 from .. import errors
 from ..compute.kernels import filter as dpdpu_filter
 from ..compute.kernels import project as dpdpu_project
+from ..runtime import channel_rpc
+from ..runtime.channel import ChannelPair
 from ..runtime.runtime import Runtime
 from ..storage.dataset import open_dataset
 from ..storage.fs import FileService
-from .channel import ChannelPair
 from .flight_catalog import DatasetNotFoundError
 from .flight_tickets import decode_json, invalid, parse_get
 
 __all__ = ["HostHandler", "HostLink"]
 
-_HEADER = struct.Struct("<Q")
-_OK = b"A"
-_ERR = b"E"
+#: the frame kind of a forwarded read
+_GET = 1
+#: the largest forwarded ticket the host takes (the endpoint refuses larger requests already)
+_MAX_TICKET = 16 << 20
 
 
-def _error_code(exc: BaseException) -> str:
-    if isinstance(exc, (KeyError, errors.NoSuchFileError)):
-        return "not_found"
-    if isinstance(exc, (ValueError, TypeError, LookupError)):
-        return "invalid"  # ArrowInvalid, InvalidArgumentError and ExpressionError are ValueErrors
-    return "internal"
-
-
-def _message(exc: BaseException) -> str:
-    return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+#: what the endpoint raises for the host's answers (any other status: an internal error, keeping its status)
+_HOST_ERRORS: dict[str, type[errors.DpdpuError]] = {
+    "NOT_FOUND": DatasetNotFoundError,
+    "INVALID_ARGUMENT": errors.InvalidArgumentError,
+}
 
 
 class HostHandler:
@@ -91,12 +82,13 @@ class HostHandler:
         self._thread: threading.Thread | None = None
 
     def handle(self, message: bytes) -> bytes:
-        """Answer one forwarded request (never raises: errors become error responses)."""
-        header = message[: _HEADER.size]
+        """Answer one forwarded request (never raises: errors become failed frames)."""
+        rid = int.from_bytes(message[:8], "little") if len(message) >= 8 else 0
         try:
-            if len(header) != _HEADER.size:
-                raise invalid("forwarded request without its request number")
-            request = decode_json(message[_HEADER.size :], "forwarded ticket")
+            frame = channel_rpc.decode(message, max_payload=_MAX_TICKET)
+            if not frame.ok or frame.kind != _GET:
+                raise invalid(f"forwarded request {rid} is not a read")
+            request = decode_json(bytes(frame.payload), "forwarded ticket")
             if not isinstance(request, dict):
                 raise invalid("malformed forwarded ticket: expected a JSON object")
             table = self._query(request)
@@ -104,12 +96,10 @@ class HostHandler:
             with pa.ipc.new_stream(sink, table.schema) as writer:
                 writer.write_table(table)
             self.handled += 1
-            result: bytes = header + _OK + sink.getvalue().to_pybytes()
-            return result
+            return channel_rpc.encode(rid, _GET, sink.getvalue())
         except Exception as exc:  # every failure is the request's, not the handler's
             self.failed += 1
-            body = json.dumps({"code": _error_code(exc), "message": _message(exc)}).encode()
-            return header + _ERR + body
+            return channel_rpc.encode_error(rid, _GET, exc)
 
     def _query(self, request: dict[str, Any]) -> pa.Table:
         req = parse_get(request)
@@ -158,35 +148,22 @@ class HostLink:
         self.pair = pair
         self.timeout = timeout
         self.owned = owned
-        self._lock = threading.Lock()
-        self._next = 0
+        self._link = channel_rpc.RpcLink(pair)
 
     def get(self, request: dict[str, Any]) -> pa.Table:
         """The host's answer to a read request (raises the matching Flight-mappable error)."""
-        with self._lock:
-            self._next += 1
-            number = _HEADER.pack(self._next)
-            try:
-                self.pair.send(number + json.dumps(request).encode(), self.timeout)
-                while True:
-                    reply = self.pair.recv(self.timeout)
-                    if reply[: _HEADER.size] == number:
-                        break
-            except (errors.RuntimeClosedError, TimeoutError) as exc:
-                raise flight.FlightUnavailableError(f"the host handler did not answer: {exc}") from exc
-        tag, body = reply[_HEADER.size : _HEADER.size + 1], reply[_HEADER.size + 1 :]
-        if tag == _OK:
-            return pa.ipc.open_stream(body).read_all()
         try:
-            err = json.loads(body)
-            code, message = str(err["code"]), str(err["message"])
-        except (ValueError, KeyError, TypeError):
-            code, message = "internal", "unreadable error response from the host handler"
-        if code == "not_found":
-            raise DatasetNotFoundError(message, op="flight")
-        if code == "invalid":
-            raise invalid(message)
-        raise flight.FlightServerError(f"host handler: {message}")
+            frame = self._link.call(_GET, json.dumps(request).encode(), self.timeout)
+        except errors.CorruptDataError as exc:
+            raise errors.InternalError(f"the host handler sent an unreadable answer: {exc}") from None
+        except (errors.RuntimeClosedError, TimeoutError) as exc:
+            raise flight.FlightUnavailableError(f"the host handler did not answer: {exc}") from exc
+        if frame.ok:
+            return pa.ipc.open_stream(frame.payload).read_all()
+        name, message = channel_rpc.error_parts(frame)
+        if frame.status not in _HOST_ERRORS:
+            message = f"host handler: {message}"
+        raise errors.from_wire(frame.status, message, kind=name, classes=_HOST_ERRORS)
 
     def close(self) -> None:
         """Close the pair if the endpoint made it."""

@@ -1,12 +1,14 @@
 """The gRPC side of the Flight endpoint: error mapping, bearer-token auth, checks of the listening address.
 
-Handlers raise dpdpu errors, pyarrow errors or plain Python ones; pyarrow's
-Flight server turns a few Python exception types into gRPC status codes
-(``KeyError``: NOT_FOUND, ``pyarrow.ArrowInvalid``: INVALID_ARGUMENT,
-``NotImplementedError``: UNIMPLEMENTED, ``FlightUnauthenticatedError``:
-UNAUTHENTICATED ...) and everything else into INTERNAL.  :func:`flight_error`
-picks the right one for each error a handler can meet, so clients see the
-status that matches the cause, with the message that explains it.
+Handlers raise dpdpu errors, pyarrow errors or plain Python ones; each has
+its wire status (:func:`dpdpu.errors.to_wire`, the one table), and
+:func:`flight_exception` is the Flight side of it: pyarrow's Flight server
+sends ``ArrowInvalid`` as INVALID_ARGUMENT, ``KeyError`` as NOT_FOUND,
+``NotImplementedError`` as UNIMPLEMENTED and its own errors as CANCELLED,
+DEADLINE_EXCEEDED, UNAUTHENTICATED, PERMISSION_DENIED and UNAVAILABLE; a
+status Flight has no error for (RESOURCE_EXHAUSTED, FAILED_PRECONDITION,
+INTERNAL ...) goes as a server error whose ``extra_info`` names it, which
+dpdpu's clients read back with :func:`flight_status`.
 
 Messages are short: error messages quote at most an excerpt of their input
 (:func:`dpdpu.errors.shown`), and :func:`flight_error` cuts whatever a
@@ -18,12 +20,12 @@ Only the message leaves the server.  pyarrow describes a Python exception
 that becomes a non-Flight status (INVALID_ARGUMENT, NOT_FOUND ...) with
 ``traceback.format_exception`` and sends that text to the client as the
 status detail: file paths and source lines of the server.  Every exception
-:func:`mapped` lets out is marked, and a thin wrapper of
-``traceback.format_exception`` (installed once, delegating for every other
-exception) describes a marked one by its type name alone, which is what
-pyarrow itself sends when it cannot format one.  The traceback is logged
-on the server instead (``dpdpu.network.flight_server`` logger, DEBUG; an
-unexpected error at WARNING).
+:func:`mapped` lets out is marked, and while an endpoint is open a thin
+wrapper of ``traceback.format_exception`` (:data:`wire_formatter`,
+delegating for every other exception) describes a marked one by its type
+name alone.  The traceback is logged on the server instead
+(``dpdpu.network.flight_server`` logger, DEBUG; an unexpected error at
+WARNING).
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ import pyarrow.flight as flight
 
 from .. import errors
 from .addresses import is_loopback
-from .flight_catalog import UploadAbortedError
 
 __all__ = [
     "WIRE_MESSAGE_BYTES",
@@ -51,6 +52,8 @@ __all__ = [
     "FlightConfigError",
     "check_location",
     "flight_error",
+    "flight_exception",
+    "flight_status",
     "mapped",
     "mapped_batches",
 ]
@@ -69,11 +72,10 @@ _log = logging.getLogger(__name__)
 
 #: The most bytes of message an error sends to the client.  pyarrow's client repeats the message
 #: in the text of its exception, which then stays under 1 KiB.
-WIRE_MESSAGE_BYTES = 320
+WIRE_MESSAGE_BYTES = errors.WIRE_MESSAGE_BYTES
 
 #: attribute set on exceptions bound for the wire: their traceback stays on the server
 _WIRE_MARK = "_dpdpu_flight_wire"
-_install_lock = threading.Lock()
 
 
 def _type_name(exc: BaseException) -> str:
@@ -81,28 +83,59 @@ def _type_name(exc: BaseException) -> str:
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _install_wire_formatter() -> None:
-    """Make ``traceback.format_exception`` describe wire-bound exceptions by type name only.
+class _WireFormatter:
+    """``traceback.format_exception``, describing wire-bound exceptions by type name, while endpoints serve.
 
-    pyarrow looks the function up on the ``traceback`` module each time it
-    describes an exception for a client, so a wrapper there is the one place
-    its status detail can be kept free of server source.  Every exception
-    without the mark is formatted exactly as before.
+    pyarrow's Flight server describes a Python exception that becomes a
+    non-Flight status (INVALID_ARGUMENT, NOT_FOUND ...) by calling
+    ``traceback.format_exception``, looked up on the ``traceback`` module each
+    time, and sends the text to the client: the server's file paths and source
+    lines.  Nothing else runs between the handler's exception and that call
+    (see docs/ARCHITECTURE.md, "Network engine"), so a wrapper there is the one
+    place the status detail can be kept clean.  It is installed while at least
+    one endpoint is open in the process and removed with the last one; it
+    formats every exception without the mark exactly as before.
     """
-    with _install_lock:
-        original = traceback.format_exception
-        if getattr(original, _WIRE_MARK, False):
-            return
 
-        @functools.wraps(original)
-        def format_exception(*args: Any, **kwargs: Any) -> list[str]:
-            value = args[1] if len(args) > 1 else kwargs.get("value", args[0] if args else None)
-            if isinstance(value, BaseException) and getattr(value, _WIRE_MARK, False):
-                return [_type_name(value)]
-            return original(*args, **kwargs)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open = 0
+        self._original: Callable[..., list[str]] | None = None
+        self._wrapper: Callable[..., list[str]] | None = None
 
-        setattr(format_exception, _WIRE_MARK, True)
-        traceback.format_exception = format_exception
+    def hold(self) -> Callable[[], None]:
+        """Install the wrapper (if no endpoint has) and return the function that lets it go (idempotent)."""
+        with self._lock:
+            if self._open == 0:
+                original = traceback.format_exception
+
+                @functools.wraps(original)
+                def format_exception(*args: Any, **kwargs: Any) -> list[str]:
+                    value = args[1] if len(args) > 1 else kwargs.get("value", args[0] if args else None)
+                    if isinstance(value, BaseException) and getattr(value, _WIRE_MARK, False):
+                        return [_type_name(value)]
+                    return original(*args, **kwargs)
+
+                self._original, self._wrapper = original, format_exception
+                traceback.format_exception = format_exception
+            self._open += 1
+        held = [True]
+
+        def release() -> None:
+            with self._lock:
+                if not held:
+                    return
+                held.clear()
+                self._open -= 1
+                # Someone who wrapped it after us keeps our wrapper inside theirs: it only looks for the mark.
+                if self._open == 0 and traceback.format_exception is self._wrapper:
+                    traceback.format_exception = self._original  # type: ignore[assignment]
+
+        return release
+
+
+#: held by each open endpoint (:meth:`dpdpu.network.flight.FlightEndpoint.close` lets go)
+wire_formatter = _WireFormatter()
 
 
 def _for_wire(exc: BaseException, cause: BaseException) -> BaseException:
@@ -117,45 +150,75 @@ def _for_wire(exc: BaseException, cause: BaseException) -> BaseException:
     return exc
 
 
-def _wire_message(exc: BaseException) -> str:
-    """``exc``'s message, cut to :data:`WIRE_MESSAGE_BYTES` of UTF-8."""
-    # str() of a plain KeyError quotes its message
+#: what a FlightServerError's extra_info starts with when it carries a status Flight has no error for
+_STATUS_TAG = b"dpdpu-status:"
+
+# The statuses pyarrow's Flight server can send as themselves, and the exception that sends each.
+_FLIGHT_EXCEPTION: dict[str, Callable[[str], Exception]] = {
+    "INVALID_ARGUMENT": pa.ArrowInvalid,
+    "NOT_FOUND": pa.ArrowKeyError,
+    "UNIMPLEMENTED": NotImplementedError,
+    "CANCELLED": flight.FlightCancelledError,
+    "DEADLINE_EXCEEDED": flight.FlightTimedOutError,
+    "UNAUTHENTICATED": flight.FlightUnauthenticatedError,
+    "PERMISSION_DENIED": flight.FlightUnauthorizedError,
+    "UNAVAILABLE": flight.FlightUnavailableError,
+}
+
+# What a client's exception says, by its class (most specific first).
+_FLIGHT_STATUS: tuple[tuple[type[BaseException], str], ...] = (
+    (flight.FlightCancelledError, "CANCELLED"),
+    (flight.FlightTimedOutError, "DEADLINE_EXCEEDED"),
+    (flight.FlightUnauthenticatedError, "UNAUTHENTICATED"),
+    (flight.FlightUnauthorizedError, "PERMISSION_DENIED"),
+    (flight.FlightUnavailableError, "UNAVAILABLE"),
+    (flight.FlightInternalError, "INTERNAL"),
+    (flight.FlightError, "UNKNOWN"),
+    (pa.ArrowInvalid, "INVALID_ARGUMENT"),
+    (KeyError, "NOT_FOUND"),
+    (NotImplementedError, "UNIMPLEMENTED"),
+)
+
+
+def flight_exception(status: str, message: str) -> Exception:
+    """The exception a Flight handler raises so that the client gets ``status`` (a name of
+    :data:`dpdpu.errors.WIRE_STATUSES`) and ``message``.
+
+    Flight has errors for some statuses only; the others go as a server error
+    whose ``extra_info`` names the status, which :func:`flight_status` reads back.
+    """
+    make = _FLIGHT_EXCEPTION.get(status)
+    out: Exception = (
+        make(message) if make is not None else flight.FlightServerError(message, _STATUS_TAG + status.encode())
+    )
+    return out
+
+
+def flight_status(exc: BaseException) -> tuple[str, str]:
+    """The wire status and the message of an error a Flight call raised on the client."""
+    info = getattr(exc, "extra_info", b"")
+    status = next((s for cls, s in _FLIGHT_STATUS if isinstance(exc, cls)), "UNKNOWN")
+    if isinstance(exc, flight.FlightServerError) and isinstance(info, bytes) and info.startswith(_STATUS_TAG):
+        status = info[len(_STATUS_TAG) :].decode("ascii", "replace")
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) else str(exc)
-    data = text.encode("utf-8", "replace")
-    if len(data) <= WIRE_MESSAGE_BYTES:
-        return text
-    note = f"... (cut from {len(data):,} bytes)"
-    return data[: WIRE_MESSAGE_BYTES - len(note)].decode("utf-8", "ignore") + note
+    # pyarrow appends the status detail and gRPC's debug context to the message
+    return status, text.split(". Detail:")[0].split(". gRPC client debug context")[0]
 
 
 def flight_error(exc: BaseException) -> BaseException:
     """The exception to raise so that the client sees the Flight status matching ``exc``, with a short message."""
-    message = _wire_message(exc)
-    if isinstance(exc, (flight.FlightError, pa.ArrowException, NotImplementedError)):
-        if message == str(exc):
-            return exc
-        with contextlib.suppress(TypeError):  # the same type, with the message cut
-            return type(exc)(message, exc.extra_info) if isinstance(exc, flight.FlightError) else type(exc)(message)
-    out: BaseException
-    if isinstance(exc, UploadAbortedError):
-        out = flight.FlightCancelledError(message)
-    elif isinstance(exc, (KeyError, errors.NoSuchFileError)):
-        out = pa.ArrowKeyError(message)
-    elif isinstance(exc, NotImplementedError):
-        out = NotImplementedError(message)
-    elif isinstance(exc, errors.DeviceMemoryError):
-        out = flight.FlightServerError(message)
-    elif isinstance(exc, (ValueError, TypeError)):
-        out = pa.ArrowInvalid(message)  # dpdpu's invalid-argument and expression errors are ValueErrors
-    else:
-        out = flight.FlightServerError(f"{type(exc).__name__}: {message}")
-    return out
+    if isinstance(exc, flight.FlightError):  # a status already: only its message is cut
+        message = errors.cut_utf8(str(exc), WIRE_MESSAGE_BYTES)
+        cut: BaseException = exc
+        if message != str(exc):
+            with contextlib.suppress(TypeError):
+                cut = type(exc)(message, exc.extra_info)
+        return cut
+    return flight_exception(*errors.to_wire(exc, WIRE_MESSAGE_BYTES))
 
 
 def mapped(fn: F) -> F:
     """Raise whatever ``fn`` raises as the matching Flight error."""
-
-    _install_wire_formatter()
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -169,7 +232,6 @@ def mapped(fn: F) -> F:
 
 def mapped_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Yield ``batches``, raising whatever they raise as the matching Flight error (as :func:`mapped`)."""
-    _install_wire_formatter()
     try:
         yield from batches
     except Exception as exc:

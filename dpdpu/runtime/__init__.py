@@ -11,7 +11,7 @@ from .offload import OffloadFunction, offload
 from .placement import Placement
 from .profile import Profile, builtin_profiles
 from .registry import open_device, register_device, registry
-from .runtime import Runtime, RuntimeStats, current_runtime
+from .runtime import Runtime, RuntimeStats, current_runtime, default_runtime
 
 __all__ = [
     "Device",
@@ -29,6 +29,7 @@ __all__ = [
     "TaskFuture",
     "builtin_profiles",
     "current_runtime",
+    "default_runtime",
     "offload",
     "open_device",
     "register_device",

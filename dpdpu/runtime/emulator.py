@@ -48,8 +48,9 @@ from .native import (
     register_callback,
     unregister_callback,
 )
-from .placement import Placement, _size
+from .placement import Placement
 from .profile import Profile
+from .units import fmt_bytes
 
 __all__ = ["EmulatorDevice", "in_worker"]
 
@@ -301,12 +302,16 @@ class EmulatorDevice(Device):
             if need:
                 free = int(self.profile.memory.value) - self._native.memory_used
                 if need > free:
-                    return Refusal("memory", f"needs {_size(need)} of device memory, {_size(max(free, 0))} free")
+                    return Refusal(
+                        "memory", f"needs {fmt_bytes(need)} of device memory, {fmt_bytes(max(free, 0))} free"
+                    )
         if task.dst is None and out > _SMALL_OUTPUT:
             # Device memory is this machine's memory in the emulator, whatever the profile says.
             room = host_memory.available()
             if out > room:
-                return Refusal("memory", f"its {_size(out)} output exceeds the {_size(room)} this machine has free")
+                return Refusal(
+                    "memory", f"its {fmt_bytes(out)} output exceeds the {fmt_bytes(room)} this machine has free"
+                )
         return None
 
     def _host_seconds(self, task: Task) -> float | None:
@@ -365,7 +370,7 @@ class EmulatorDevice(Device):
             placement = Placement(task.label, task.op, task.nbytes, engine.label, engine.kind, "direct", [])
         jobs = self.model.jobs(engine.name, task.op, task.nbytes)
         if jobs > 1:
-            note = f"ran as {jobs} jobs of at most {_size(engine.max_job_bytes or 0)} (independent segments)"
+            note = f"ran as {jobs} jobs of at most {fmt_bytes(engine.max_job_bytes or 0)} (independent segments)"
             placement.notes = [*(placement.notes or ()), note]
         future = TaskFuture()
         future.placement = placement
@@ -687,11 +692,11 @@ class EmulatorDevice(Device):
                 reasons = "; ".join(f"{e.label}: {r.reason}" for e, r in refusals if r.kind == kind)
                 suffix = " and fallback is forbidden" if placement.strict else ""
                 err = cls(
-                    f"its {_size(needed)} output fits no engine: {reasons}{suffix}", device=self.label, op=task.op
+                    f"its {fmt_bytes(needed)} output fits no engine: {reasons}{suffix}", device=self.label, op=task.op
                 )
                 self._fail(rec, placement, err)
                 return True
-            placement.fallback = f"{engine.label} cannot take the {_size(needed)} output: {refusal.reason}"
+            placement.fallback = f"{engine.label} cannot take the {fmt_bytes(needed)} output: {refusal.reason}"
             placement.engine, placement.kind, engine = other.label, other.kind, other
         placement.attempts += 1
         placement.notes = [
@@ -732,7 +737,7 @@ class EmulatorDevice(Device):
         """Why ``engine`` cannot rerun a decompression at its exact output size, or None."""
         room = self.output_room(engine)
         if rerun.dst_size > room:
-            return Refusal("memory", f"{_size(room)} free for output of unknown size")
+            return Refusal("memory", f"{fmt_bytes(room)} free for output of unknown size")
         refusal = self.can_run(rerun, engine)
         # A full queue only delays the rerun: its submission waits for room (workers make it).
         return None if refusal is not None and refusal.kind == "busy" else refusal

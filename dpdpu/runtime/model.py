@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 from .cost import SPLITTABLE, CostModel, EngineClock, Timeline
 from .device import EngineInfo, Refusal
-from .placement import _size
 from .profile import Figure, Profile
+from .units import fmt_bytes
 
 __all__ = ["DEFAULT_COALESCING", "Coalescing", "DeviceModel"]
 
@@ -140,7 +140,7 @@ class DeviceModel:
             if size > limit:
                 fig = self._eprof[engine.name].max_job_bytes
                 cite = f" ({_short_cite(fig)})" if fig is not None else ""
-                big, cap = _size(size), _size(limit)
+                big, cap = fmt_bytes(size), fmt_bytes(limit)
                 if big == cap:  # too close to tell apart in rounded units
                     big, cap = f"{size:,} B", f"{limit:,} B"
                 return Refusal("too_large", f"a {big} job exceeds the {cap} largest job{cite}")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from .policies import FALLBACK_CHAIN, POLICIES, Option, Policy, pinned_policy, policy_for, reasons
+from .units import fmt_bytes, fmt_seconds
 
 if TYPE_CHECKING:
     from .cost import Timeline
@@ -74,7 +75,7 @@ class Placement:
         return data
 
     def __str__(self) -> str:
-        lines = [f"{self.task} of {_size(self.nbytes)} -> {self.engine} ({self.policy})"]
+        lines = [f"{self.task} of {fmt_bytes(self.nbytes)} -> {self.engine} ({self.policy})"]
         if self.fallback:
             lines.append(f"  fallback: {self.fallback}")
         lines.append(f"  {'engine':<24} {'exec':>10} {'transfer':>10} {'queue':>10} {'finish':>10}")
@@ -87,33 +88,19 @@ class Placement:
             t = c.timeline
             extra = " (host fallback)" if c.fallback_only and not mark else ""
             lines.append(
-                f"  {c.engine:<24} {_ms(t.exec_s):>10} {_ms(t.transfer_s):>10} {_ms(t.queue_s):>10} "
-                f"{_ms(t.finish_s):>10}{mark}{extra}"
+                f"  {c.engine:<24} {fmt_seconds(t.exec_s):>10} {fmt_seconds(t.transfer_s):>10} "
+                f"{fmt_seconds(t.queue_s):>10} {fmt_seconds(t.finish_s):>10}{mark}{extra}"
             )
         if self.timeline is not None:
             t = self.timeline
-            wall = "pending" if self.wall_s is None else _ms(self.wall_s)
+            wall = "pending" if self.wall_s is None else fmt_seconds(self.wall_s)
             lines.append(
-                f"  result: {self.status}; wall {wall} executing; modeled {_ms(t.modeled_s)} "
-                f"(arrival {_ms(t.arrival_s)}, start {_ms(t.start_s)}, finish {_ms(t.finish_s)})"
+                f"  result: {self.status}; wall {wall} executing; modeled {fmt_seconds(t.modeled_s)} "
+                f"(arrival {fmt_seconds(t.arrival_s)}, start {fmt_seconds(t.start_s)}, "
+                f"finish {fmt_seconds(t.finish_s)})"
             )
         lines.extend(f"  note: {n}" for n in self.notes or ())
         return "\n".join(lines)
-
-
-def _ms(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.3f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} us"
-
-
-def _size(nbytes: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.1f} {unit}"
-    return f"{nbytes} B"
 
 
 _ERROR_FOR_REFUSAL: dict[str, type[errors.DpdpuError]] = {
@@ -187,7 +174,7 @@ def place(
         detail = reasons(choice.considered) if choice.considered else f"{device.label} has no {engine or 'host'} engine"
         suffix = " and fallback is forbidden" if not fallback else ""
         raise _ERROR_FOR_REFUSAL[kind](
-            f"cannot run {task.label} ({_size(task.nbytes)}): {detail}{suffix}",
+            f"cannot run {task.label} ({fmt_bytes(task.nbytes)}): {detail}{suffix}",
             device=device.label,
             op=task.op,
         )

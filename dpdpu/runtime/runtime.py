@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import contextvars
 import dataclasses
+import logging
 import threading
 import time
 import weakref
@@ -26,12 +27,15 @@ from .. import errors
 from .device import DATA_LOCATION, DataLocation, Device, DeviceBuffer, EngineStats, Task
 from .emulator import EmulatorDevice
 from .future import TaskFuture
-from .placement import Placement, _ms, _size, place
+from .placement import Placement, place
 from .policies import Policy, policy_for
 from .profile import Profile
 from .registry import open_device
+from .units import fmt_bytes, fmt_seconds
 
-__all__ = ["Runtime", "RuntimeStats", "current_runtime", "python_task"]
+__all__ = ["Runtime", "RuntimeStats", "current_runtime", "default_runtime", "python_task"]
+
+_log = logging.getLogger(__name__)
 
 _current: ContextVar[Runtime | None] = ContextVar("dpdpu_runtime", default=None)
 #: engine label every task submitted in this context goes to (see Runtime.pinned)
@@ -69,14 +73,14 @@ class RuntimeStats:
 
     def __str__(self) -> str:
         lines = [
-            f"{self.device}: {self.tasks} tasks ({self.errors} failed), wall {_ms(self.wall_s)}, "
-            f"modeled device time {_ms(self.modeled_s)}, {_size(self.pcie_bytes)} over PCIe",
+            f"{self.device}: {self.tasks} tasks ({self.errors} failed), wall {fmt_seconds(self.wall_s)}, "
+            f"modeled device time {fmt_seconds(self.modeled_s)}, {fmt_bytes(self.pcie_bytes)} over PCIe",
             f"  {'engine':<24} {'tasks':>6} {'in':>10} {'out':>10} {'wall busy':>10} {'modeled busy':>13} {'util':>6}",
         ]
         for name, st in self.engines.items():
             lines.append(
-                f"  {name:<24} {st.tasks:>6} {_size(st.bytes_in):>10} {_size(st.bytes_out):>10} "
-                f"{_ms(st.wall_busy_s):>10} {_ms(st.modeled_busy_s):>13} {self.utilization(name):>6.0%}"
+                f"  {name:<24} {st.tasks:>6} {fmt_bytes(st.bytes_in):>10} {fmt_bytes(st.bytes_out):>10} "
+                f"{fmt_seconds(st.wall_busy_s):>10} {fmt_seconds(st.modeled_busy_s):>13} {self.utilization(name):>6.0%}"
             )
         return "\n".join(lines)
 
@@ -336,18 +340,32 @@ class Runtime:
 
 
 def current_runtime() -> Runtime:
-    """The runtime of the innermost ``with Runtime()`` block, else the default runtime.
-
-    The default runtime is created on first use on ``$DPDPU_DEVICE`` (else
-    ``bluefield3``) and shut down when the interpreter exits.
-    """
+    """The runtime of the innermost ``with Runtime()`` block, else :func:`default_runtime`."""
     rt = _current.get()
     if rt is not None and not rt.closed:
         return rt
+    return default_runtime()
+
+
+def default_runtime() -> Runtime:
+    """The process's default runtime, which calls outside any ``with Runtime()`` block use.
+
+    It is started on first use (``dpdpu.compute.compress(...)`` with no
+    runtime, say) on ``$DPDPU_DEVICE``, else ``bluefield3``, with its
+    device's worker threads; starting it is logged once at INFO on the
+    ``dpdpu.runtime.runtime`` logger, naming the device.  It is shut down when
+    the interpreter exits; shutting it down earlier is allowed, and the next
+    use starts a new one.
+    """
     global _default
     with _default_lock:
         if _default is None or _default.closed:
             _default = Runtime()
+            _log.info(
+                "started the default runtime on %s for calls outside a `with Runtime(...)` block "
+                "(device worker threads; shut down at exit)",
+                _default.device.label,
+            )
         return _default
 
 

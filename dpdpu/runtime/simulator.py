@@ -78,9 +78,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from .. import errors
 from .device import Device, DeviceBuffer, EngineInfo, EngineStats, Refusal, Task
 from .model import DEFAULT_OUT_RATIO, DeviceModel
-from .placement import POLICIES, _ms, _size, place
+from .placement import POLICIES, place
 from .planner import Planner, Stage
 from .profile import Profile
+from .units import fmt_bytes, fmt_seconds
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -156,10 +157,10 @@ class SizeDist:
     def describe(self) -> str:
         """Short human form, e.g. ``4.0 KiB-16.0 KiB``."""
         if self.dist == "fixed":
-            return _size(self.value)
+            return fmt_bytes(self.value)
         if self.dist == "uniform":
-            return f"{_size(self.min)}-{_size(self.max)}"
-        return f"~{_size(self.median)} (lognormal, sigma {self.sigma:g})"
+            return f"{fmt_bytes(self.min)}-{fmt_bytes(self.max)}"
+        return f"~{fmt_bytes(self.median)} (lognormal, sigma {self.sigma:g})"
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ class Arrival:
     def describe(self) -> str:
         """Short human form."""
         if self.process == "burst":
-            return f"burst of {self.count} at {_ms(self.at_s)}" if self.at_s else f"burst of {self.count}"
+            return f"burst of {self.count} at {fmt_seconds(self.at_s)}" if self.at_s else f"burst of {self.count}"
         return f"Poisson {self.rate_per_s:g}/s"
 
 
@@ -274,7 +275,7 @@ class Mix:
         """How long the mix runs, in words."""
         parts = []
         if self.duration_s is not None:
-            parts.append(_ms(self.duration_s))
+            parts.append(fmt_seconds(self.duration_s))
         if self.tasks is not None:
             parts.append(f"{self.tasks} tasks")
         return " or ".join(parts) or "bursts only"
@@ -386,7 +387,7 @@ def _size_dist(raw: Any, where: str) -> SizeDist:
                 raise MixError(f"{where}.{key}: required for a uniform size")
         lo, hi = _bytes(raw["min"], f"{where}.min"), _bytes(raw["max"], f"{where}.max")
         if lo > hi:
-            raise MixError(f"{where}: min ({_size(lo)}) exceeds max ({_size(hi)})")
+            raise MixError(f"{where}: min ({fmt_bytes(lo)}) exceeds max ({fmt_bytes(hi)})")
         return SizeDist("uniform", min=lo, max=hi)
     if dist == "lognormal":
         _table(raw, where, {"dist", "median", "sigma", "min", "max"})
@@ -397,7 +398,7 @@ def _size_dist(raw: Any, where: str) -> SizeDist:
         lo = _bytes(raw["min"], f"{where}.min") if "min" in raw else 1
         hi = _bytes(raw["max"], f"{where}.max") if "max" in raw else 0
         if hi and lo > hi:
-            raise MixError(f"{where}: min ({_size(lo)}) exceeds max ({_size(hi)})")
+            raise MixError(f"{where}: min ({fmt_bytes(lo)}) exceeds max ({fmt_bytes(hi)})")
         return SizeDist("lognormal", min=lo, max=hi, median=median, sigma=sigma)
     raise MixError(f"{where}.dist: expected 'uniform' or 'lognormal', got {dist!r} (or give a fixed size)")
 
@@ -815,15 +816,16 @@ class SimReport:
         lines = [
             f"{self.mix} on {self.device}, policy {self.policy} (seed {self.seed}): "
             f"{self.tasks} tasks, {self.steps} steps",
-            f"  makespan {_ms(self.makespan_s)}; latency mean {_ms(self.latency_mean_s)}, "
-            f"p99 {_ms(self.latency_p99_s)}",
-            f"  PCIe {_size(self.pcie_bytes)}; host busy {_ms(self.host_busy_s)}; "
+            f"  makespan {fmt_seconds(self.makespan_s)}; latency mean {fmt_seconds(self.latency_mean_s)}, "
+            f"p99 {fmt_seconds(self.latency_p99_s)}",
+            f"  PCIe {fmt_bytes(self.pcie_bytes)}; host busy {fmt_seconds(self.host_busy_s)}; "
             f"host cores saved {self.host_cores_saved:.2f}",
             f"  {'engine':<26} {'kind':<12} {'lanes':>5} {'tasks':>8} {'busy':>11} {'utilization':>11}",
         ]
         for e in self.engines.values():
             lines.append(
-                f"  {e.engine:<26} {e.kind:<12} {e.lanes:>5} {e.tasks:>8} {_ms(e.busy_s):>11} {e.utilization:>11.1%}"
+                f"  {e.engine:<26} {e.kind:<12} {e.lanes:>5} {e.tasks:>8} {fmt_seconds(e.busy_s):>11} "
+                f"{e.utilization:>11.1%}"
             )
         return "\n".join(lines)
 

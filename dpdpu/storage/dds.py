@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import errors
-from ..network.channel import ChannelPair
+from ..runtime import channel_rpc as rpc
+from ..runtime.channel import ChannelPair
 from ..runtime.native import error_for, ffi, lib
 from ..runtime.runtime import current_runtime
 from .fs import FileService
@@ -54,31 +55,33 @@ __all__ = [
 #: Longest key the cache table takes, in bytes.
 KEY_MAX: int = lib.DPDPU_CACHE_KEY_MAX
 
-# Wire records.  Request: id, kind, key length, then the key (and, for a
-# cache put, version, offset, size and the file name).  Response: id, status,
-# then the value (DPU), the forwarding reason and the key (FORWARD), the
-# answer of a control request (DONE) or "ErrorClass\0message" (ERROR).
-_REQ = struct.Struct("<QBH")
-_PUT = struct.Struct("<QQI")
-_RSP = struct.Struct("<QB")
+# Frames (dpdpu.runtime.channel_rpc).  Requests: GET (payload: the key), PUT (version,
+# offset, size, key length, the key, the file name), DELETE (the key), STATS.  Answers:
+# VALUE (the value, read on the DPU), FORWARD (the forwarding reason, then the key),
+# DONE (the answer of a control request), or a failure (FAILED, with the error).
+_PUT = struct.Struct("<QQIB")
 _KIND_GET = 1
 _KIND_PUT = 2
 _KIND_DELETE = 3
 _KIND_STATS = 4
-_ST_DPU = 0
-_ST_FORWARD = 1
-_ST_ERROR = 2
-_ST_DONE = 3
+_FAILED = 0
+_VALUE = 1
+_FORWARD = 2
+_DONE = 3
 _WHY_PREDICATE = 0
 _WHY_MISS = 1
 _CONTROL_OPS = {_KIND_PUT: "cache_put", _KIND_DELETE: "cache_delete", _KIND_STATS: "dds_stats"}
 
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
+#: the largest request frame the back end takes (a key, or a cache put with its file name)
+_MAX_REQUEST = 1 << 16
 
 
 class CacheMissError(errors.DpdpuError, KeyError):
     """The key is not in the cache table and no host handler takes misses."""
+
+    wire_status = "NOT_FOUND"
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return Exception.__str__(self)
@@ -90,6 +93,8 @@ class RemoteRequestError(errors.DpdpuError, RuntimeError):
     Attributes:
         remote_type: the name of the exception class raised on the back end.
     """
+
+    wire_status = "UNKNOWN"
 
     remote_type: str | None = None
 
@@ -289,13 +294,12 @@ def _error_record(rid: int, exc: BaseException, where: str = "") -> bytes:
     message = exc.detail if isinstance(exc, errors.DpdpuError) else str(exc)
     if where:
         message = f"{where} raised {type(exc).__name__}: {message}"
-    text = f"{type(exc).__name__}\0{message}"
-    return _RSP.pack(rid, _ST_ERROR) + text.encode("utf-8", "replace")
+    return rpc.encode_error(rid, _FAILED, exc, message)
 
 
 def _forward(req: DdsRequest, why: int) -> bytes:
-    # The host answers forwarded requests itself: the record tells the front end to.
-    return _RSP.pack(req.id, _ST_FORWARD) + bytes([why]) + req.key
+    # The host answers forwarded requests itself: the frame tells the front end to.
+    return rpc.encode(req.id, _FORWARD, bytes([why]) + req.key)
 
 
 class DdsBackEnd:
@@ -410,13 +414,15 @@ class DdsBackEnd:
         requests: list[tuple[int, DdsRequest]] = []
         for i, msg in enumerate(messages):
             try:
-                kind = msg[8] if len(msg) > 8 else _KIND_GET
-                if kind != _KIND_GET:
-                    out[i] = self._control(msg)
+                frame = rpc.decode(msg, max_payload=_MAX_REQUEST)
+                if not frame.ok:
+                    raise errors.CorruptDataError(f"request {frame.id} reports a failure instead of asking")
+                if frame.kind != _KIND_GET:
+                    out[i] = self._control(frame)
                     continue
-                requests.append((i, self._parse(msg)))
+                requests.append((i, DdsRequest(frame.id, bytes(frame.payload))))
             except errors.DpdpuError as exc:
-                rid = _REQ.unpack_from(msg)[0] if len(msg) >= 8 else 0
+                rid = int.from_bytes(msg[:8], "little") if len(msg) >= 8 else 0
                 out[i] = _error_record(rid, exc)
 
         on_dpu: list[tuple[int, DdsRequest]] = []
@@ -461,7 +467,7 @@ class DdsBackEnd:
                 )
                 out[i] = _error_record(req.id, err)
                 continue
-            out[i] = _RSP.pack(req.id, _ST_DPU) + data
+            out[i] = rpc.encode(req.id, _VALUE, data)
         responses = [r if r is not None else b"" for r in out]
         self._tally(responses)
         return responses
@@ -472,34 +478,24 @@ class DdsBackEnd:
         counts = dict.fromkeys(self._counts, 0)
         counts["batches"] = 1
         for rsp in responses:
-            if len(rsp) < _RSP.size:
+            if len(rsp) < rpc.HEADER_BYTES:
                 continue
-            status = rsp[8]
-            if status == _ST_DONE:
+            frame = rpc.decode(rsp)
+            if frame.ok and frame.kind == _DONE:
                 counts["control"] += 1
                 continue
             counts["requests"] += 1
-            if status == _ST_DPU:
-                counts["dpu_served"] += 1
-                counts["dpu_bytes"] += len(rsp) - _RSP.size
-            elif status == _ST_FORWARD:
-                counts["forwarded"] += 1
-                counts["misses"] += rsp[_RSP.size] == _WHY_MISS
-            else:
+            if not frame.ok:
                 counts["failed"] += 1
+            elif frame.kind == _VALUE:
+                counts["dpu_served"] += 1
+                counts["dpu_bytes"] += len(frame.payload)
+            else:
+                counts["forwarded"] += 1
+                counts["misses"] += frame.payload[0] == _WHY_MISS
         with self._lock:
             for name, delta in counts.items():
                 self._counts[name] += delta
-
-    def _parse(self, msg: bytes) -> DdsRequest:
-        if len(msg) < _REQ.size:
-            raise errors.CorruptDataError(f"a {len(msg)}-byte request record is too short")
-        rid, kind, klen = _REQ.unpack_from(msg)
-        if kind != _KIND_GET:
-            raise errors.InvalidArgumentError(f"unknown request kind {kind}")
-        if len(msg) != _REQ.size + klen:
-            raise errors.CorruptDataError("a request record's key length does not match its size")
-        return DdsRequest(rid, bytes(msg[_REQ.size :]))
 
     def _lookup(self, req: DdsRequest) -> tuple[str, int, int] | None:
         assert self.cache is not None
@@ -538,26 +534,26 @@ class DdsBackEnd:
                 results.append(exc)
         return results
 
-    def _control(self, msg: bytes) -> bytes:
+    def _control(self, frame: rpc.Frame) -> bytes:
         """Answer a cache update or stats request from the front end."""
-        if len(msg) < _REQ.size:
-            raise errors.CorruptDataError(f"a {len(msg)}-byte request record is too short")
-        rid, kind, klen = _REQ.unpack_from(msg)
-        key = bytes(msg[_REQ.size : _REQ.size + klen])
+        rid, kind, payload = frame.id, frame.kind, frame.payload
         if kind == _KIND_STATS:
-            body = json.dumps(dataclasses.asdict(self.stats())).encode()
-            return _RSP.pack(rid, _ST_DONE) + body
+            return rpc.encode(rid, _DONE, json.dumps(dataclasses.asdict(self.stats())).encode())
+        if kind not in (_KIND_PUT, _KIND_DELETE):
+            raise errors.InvalidArgumentError(f"unknown request kind {kind}")
         if self.cache is None:
             raise errors.InvalidArgumentError("this back end has no cache table to update")
         if kind == _KIND_DELETE:
-            return _RSP.pack(rid, _ST_DONE) + bytes([self.cache.delete(key)])
+            return rpc.encode(rid, _DONE, bytes([self.cache.delete(bytes(payload))]))
         if kind == _KIND_PUT:
-            rest = msg[_REQ.size + klen :]
-            if len(rest) < _PUT.size:
+            if len(payload) < _PUT.size:
                 raise errors.CorruptDataError("a cache-put record is too short")
-            version, offset, size = _PUT.unpack_from(rest)
+            version, offset, size, klen = _PUT.unpack_from(payload)
+            key = bytes(payload[_PUT.size : _PUT.size + klen])
+            if len(key) != klen:
+                raise errors.CorruptDataError("a cache-put record's key length does not match its size")
             try:
-                file = bytes(rest[_PUT.size :]).decode("utf-8", "strict")
+                file = bytes(payload[_PUT.size + klen :]).decode("utf-8", "strict")
             except UnicodeDecodeError as exc:
                 raise errors.CorruptDataError("a cache-put record's file name is not UTF-8") from exc
             # An entry must point at bytes that exist now (a later change of the file is caught at read).
@@ -569,7 +565,7 @@ class DdsBackEnd:
                 raise errors.InvalidArgumentError(
                     f"cache entry for {key!r} covers bytes {offset}..{offset + size} of {file!r}, which has {end} bytes"
                 )
-            return _RSP.pack(rid, _ST_DONE) + bytes([self.cache.put(key, version, file, offset, size)])
+            return rpc.encode(rid, _DONE, bytes([self.cache.put(key, version, file, offset, size)]))
         raise errors.InvalidArgumentError(f"unknown request kind {kind}")
 
     def _send(self, responses: list[bytes]) -> None:
@@ -610,8 +606,7 @@ class DdsFrontEnd:
         self.pair = pair
         self.timeout = timeout
         self._host = host_handler
-        self._next_id = 1
-        self._lock = threading.Lock()
+        self._link = rpc.RpcLink(pair)
         self._sources = {"dpu": 0, "host": 0}
 
     def get(self, key: bytes | str) -> bytes:
@@ -637,26 +632,23 @@ class DdsFrontEnd:
             The first failed request's error, as :meth:`get` (the others are still collected).
         """
         records = [_check_key(key) for key in keys]
-        with self._lock:
-            first = self._take_ids(len(records))
+        link = self._link
+        with link.lock:
+            first = link.take_ids(len(records))
             if records:
-                self.pair.send_many(
-                    [_REQ.pack(first + n, _KIND_GET, len(k)) + k for n, k in enumerate(records)], self.timeout
-                )
+                self.pair.send_many([rpc.encode(first + n, _KIND_GET, k) for n, k in enumerate(records)], self.timeout)
             results: dict[int, bytes | BaseException] = {}
             while len(results) < len(records):
-                for msg in self.pair.recv_many(len(records) - len(results), self.timeout):
-                    rid, status = _RSP.unpack_from(msg)
-                    if not first <= rid < first + len(records):
-                        continue  # the answer to a request an earlier call gave up on
-                    body = msg[_RSP.size :]
-                    if status == _ST_ERROR:
-                        results[rid] = _rebuild_error(body)
-                    elif status == _ST_FORWARD:
-                        results[rid] = self._on_host(DdsRequest(rid, bytes(body[1:])), body[0] == _WHY_MISS)
+                # answers to requests an earlier call gave up on are dropped
+                for frame in link.receive(first, len(records), self.timeout, len(records) - len(results)):
+                    if not frame.ok:
+                        results[frame.id] = _rebuild_error(frame)
+                    elif frame.kind == _FORWARD:
+                        req = DdsRequest(frame.id, bytes(frame.payload[1:]))
+                        results[frame.id] = self._on_host(req, frame.payload[0] == _WHY_MISS)
                     else:
                         self._sources["dpu"] += 1
-                        results[rid] = body
+                        results[frame.id] = bytes(frame.payload)
         values: list[bytes] = []
         for n in range(len(records)):
             value = results[first + n]
@@ -690,10 +682,13 @@ class DdsFrontEnd:
         k = _check_key(key)
         if not isinstance(file, str) or not file:
             raise errors.InvalidArgumentError(f"a file is a non-empty path string, got {file!r}")
-        extra = _PUT.pack(
-            _check_uint("version", version, _U64), _check_uint("offset", offset, _U64), _check_uint("size", size, _U32)
+        head = _PUT.pack(
+            _check_uint("version", version, _U64),
+            _check_uint("offset", offset, _U64),
+            _check_uint("size", size, _U32),
+            len(k),
         )
-        return bool(self._control(_KIND_PUT, k, extra + file.encode())[0])
+        return bool(self._control(_KIND_PUT, head + k + file.encode())[0])
 
     def cache_delete(self, key: bytes | str) -> bool:
         """Remove ``key`` from the back end's cache table; True if it was present."""
@@ -703,23 +698,11 @@ class DdsFrontEnd:
         """The back end's counters, asked over the channel."""
         return DdsStats(**json.loads(self._control(_KIND_STATS, b"")))
 
-    def _take_ids(self, n: int) -> int:
-        first = self._next_id
-        self._next_id += n
-        return first
-
-    def _control(self, kind: int, key: bytes, extra: bytes = b"") -> bytes:
-        with self._lock:
-            rid = self._take_ids(1)
-            self.pair.send(_REQ.pack(rid, kind, len(key)) + key + extra, self.timeout)
-            while True:
-                msg = self.pair.recv(self.timeout)
-                got, status = _RSP.unpack_from(msg)
-                if got != rid:
-                    continue  # the answer to a request an earlier call gave up on
-                if status == _ST_ERROR:
-                    raise _rebuild_error(msg[_RSP.size :], _CONTROL_OPS.get(kind, "dds"))
-                return bytes(msg[_RSP.size :])
+    def _control(self, kind: int, payload: bytes) -> bytes:
+        frame = self._link.call(kind, payload, self.timeout)
+        if not frame.ok:
+            raise _rebuild_error(frame, _CONTROL_OPS.get(kind, "dds"))
+        return bytes(frame.payload)
 
     @property
     def served(self) -> dict[str, int]:
@@ -737,13 +720,15 @@ class DdsFrontEnd:
         self.close()
 
 
-def _rebuild_error(body: bytes, op: str = "dds_get") -> BaseException:
-    name, _, message = body.decode("utf-8", "replace").partition("\0")
-    if name == "CacheMissError":
-        return CacheMissError(message, op=op, code="MISS")
-    cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, errors.DpdpuError) and cls is not errors.DpdpuError:
-        return cls(message, op=op)
-    err = RemoteRequestError(message, op=op)
-    err.remote_type = name
+def _rebuild_error(frame: rpc.Frame, op: str = "dds_get") -> BaseException:
+    # A dpdpu error comes back as its own class; anything else the back end's code raised, as RemoteRequestError.
+    err = rpc.error_of(frame, classes=_KNOWN, default=RemoteRequestError, op=op)
+    if isinstance(err, CacheMissError):
+        err.code = "MISS"
+    elif isinstance(err, RemoteRequestError):
+        err.remote_type = rpc.error_parts(frame)[0]
     return err
+
+
+#: classes of this module an error record may name
+_KNOWN: dict[str, type[errors.DpdpuError]] = {"NOT_FOUND": CacheMissError}

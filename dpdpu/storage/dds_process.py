@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import errors
-from ..network.channel import ChannelPair
+from ..runtime.channel import ChannelPair
 from ..runtime.runtime import Runtime
 from .dds import CacheTable, DdsBackEnd, DdsFrontEnd, HostHandler
 from .fs import FileService
@@ -47,6 +47,8 @@ _FAILED = "dpdpu-dds-failed: "
 
 class BackEndStartError(errors.DpdpuError, RuntimeError):
     """The back end process exited or stayed silent before it was ready to serve."""
+
+    wire_status = "UNAVAILABLE"
 
 
 def _load(spec: str) -> Callable[..., Any]:

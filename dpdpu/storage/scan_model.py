@@ -22,16 +22,41 @@ which are assumptions).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import errors
 from ..runtime.cost import CostModel
 from ..runtime.profile import EngineProfile, Profile
 
-if TYPE_CHECKING:
-    from .dataset import ScanResult
+__all__ = ["ScanFigures", "ScanModel", "model_scan"]
 
-__all__ = ["ScanModel", "model_scan"]
+
+class ScanFigures(Protocol):
+    """What a scan read, decoded and returned (a :class:`~dpdpu.storage.dataset.ScanResult` has these)."""
+
+    @property
+    def reads(self) -> int:
+        """Reads issued to storage."""
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from storage."""
+
+    @property
+    def bytes_scanned(self) -> int:
+        """Decoded bytes the kernels went through."""
+
+    @property
+    def bytes_returned(self) -> int:
+        """Bytes of the result."""
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes of the whole file."""
+
+    @property
+    def dataset_bytes(self) -> int:
+        """Decoded bytes of the whole dataset."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +110,7 @@ def _spread(model: CostModel, engine: EngineProfile, op: str, nbytes: int) -> fl
     return model.exec_seconds(engine, op, -(-nbytes // lanes)) if nbytes > 0 else 0.0
 
 
-def model_scan(result: ScanResult, device: str | Profile = "bluefield3", host: str | Profile = "host") -> ScanModel:
+def model_scan(result: ScanFigures, device: str | Profile = "bluefield3", host: str | Profile = "host") -> ScanModel:
     """Price ``result``'s scan as a pushdown on ``device`` and as a read of everything to ``host``.
 
     Raises:

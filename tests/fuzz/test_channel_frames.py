@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ring_files import ABORT, FIRST, HEADER, LAST, MORE, MSG, PAD, HostileProducer, bulk_first, bulk_part, record
 
 from dpdpu import errors
-from dpdpu.network.channel import Channel
+from dpdpu.runtime.channel import Channel
 
 CAPACITY = 4096
 #: What a receive may raise when the ring holds nonsense (a header may also say the peer has gone).

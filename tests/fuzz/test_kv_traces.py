@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpdpu.storage.kv_sim import TraceError, load_trace, simulate, trace_tokens
+from dpdpu.kv.sim import TraceError, load_trace, simulate, trace_tokens
 
 MESSAGE_LIMIT = 1024
 #: Replay only traces this small (the parser allows far more tokens per request).

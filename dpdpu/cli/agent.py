@@ -28,13 +28,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from ..runtime.placement import POLICIES, _size
-from .payloads import MAX_TIMEOUT_S, clip, shown
+from ..agent.payloads import MAX_TIMEOUT_S, clip, shown
+from ..runtime.placement import POLICIES
+from ..runtime.units import fmt_bytes
+from .common import echo_json, make_console
 
 if TYPE_CHECKING:
-    from .client import AgentClient
+    from ..agent.client import AgentClient
 
-__all__ = ["EXIT_AUTH", "EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "register"]
+__all__ = ["AGENT_COMMANDS", "EXIT_AUTH", "EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -115,7 +117,7 @@ class _Bytes(click.ParamType):  # type: ignore[type-arg]
 
 
 def _exit_code(exc: BaseException) -> int:
-    from .client import AgentAuthError, AgentUnavailableError
+    from ..agent.client import AgentAuthError, AgentUnavailableError
 
     if isinstance(exc, AgentUnavailableError):
         return EXIT_UNREACHABLE
@@ -145,9 +147,9 @@ def _client_options(fn: F) -> F:
     def wrapper(
         address: str | None, token: str | None, token_file: Path | None, tls_ca: Path | None, **kwargs: Any
     ) -> Any:
+        from ..agent.client import AgentClient, AgentError, default_address, default_token
+        from ..agent.security import read_token, split_address
         from ..errors import InvalidArgumentError
-        from .client import AgentClient, AgentError, default_address, default_token
-        from .security import read_token, split_address
 
         try:
             address = address or default_address()
@@ -193,23 +195,6 @@ def _looks_like_pem(path: Path) -> bool:
             return b"-----BEGIN CERTIFICATE-----" in fh.read(1 << 20)
     except OSError:
         return False
-
-
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(highlight=False, width=None if stream.isatty() else 120, stderr=stderr)
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
-
-
-def register(main: click.Group) -> None:
-    """Add the agent commands to the ``dpdpu`` group."""
-    for command in (agent, deploy, offloads, undeploy, invoke, stats, health):
-        main.add_command(command)
 
 
 # --- the agent process -----------------------------------------------------------------
@@ -293,9 +278,9 @@ def agent(
     worker processes (--isolation process): one that crashes, exits or runs out of
     --worker-memory fails its call and its worker is replaced.
     """
+    from ..agent.security import TlsFiles, default_data_dir
+    from ..agent.server import AgentConfig, run_agent
     from ..errors import DpdpuError, InvalidArgumentError, ProfileError, UnknownDeviceError
-    from .security import TlsFiles, default_data_dir
-    from .server import AgentConfig, run_agent
 
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -332,21 +317,21 @@ def deploy(client: AgentClient, file: Path, name: str | None, as_json: bool) -> 
     again replaces it (concurrent deploys of one name run one after the other; the
     last wins).
     """
-    from .deployments import NAME_PATTERN
+    from ..agent.deployments import NAME_PATTERN
 
     name = name if name is not None else file.stem
     if not re.fullmatch(NAME_PATTERN, name):
         raise AgentCliError(
             f"invalid deployment name {shown(name, 40)}: it must match {NAME_PATTERN} (pass --name)", EXIT_USAGE
         )
-    err = _console(stderr=True)
+    err = make_console(stderr=True)
     if err.is_terminal and not as_json:
         with err.status(f"deploying {file.name} ..."):
             info = client.deploy(file, name=name)
     else:
         info = client.deploy(file, name=name)
     if as_json:
-        _echo_json(info.as_dict())
+        echo_json(info.as_dict())
         return
     state = "unchanged" if info.unchanged else "deployed"
     click.echo(f"{state} {info.name} version {info.version[:12]}: {', '.join(info.offloads)}")
@@ -360,7 +345,7 @@ def offloads(client: AgentClient, as_json: bool) -> None:
 
     items = client.offloads()
     if as_json:
-        _echo_json([d.as_dict() for d in items])
+        echo_json([d.as_dict() for d in items])
         return
     table = Table(title="deployed offloads (invoke as DEPLOYMENT.OFFLOAD)", title_justify="left")
     for col in ("deployment", "version", "offloads", "size", "deployed"):
@@ -368,7 +353,7 @@ def offloads(client: AgentClient, as_json: bool) -> None:
     for d in items:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.deployed_at))
         table.add_row(d.name, d.version[:12], "\n".join(d.offloads), f"{d.size} B", when)
-    _console().print(table)
+    make_console().print(table)
 
 
 @click.command(cls=_Command)
@@ -378,7 +363,7 @@ def undeploy(client: AgentClient, name: str, as_json: bool) -> None:
     """Remove the deployment NAME."""
     info = client.undeploy(name)
     if as_json:
-        _echo_json(info.as_dict())
+        echo_json(info.as_dict())
     else:
         click.echo(f"undeployed {info.name} version {info.version[:12]}")
 
@@ -447,7 +432,7 @@ def invoke(
             sys.stdout.flush()
             return
     if as_json:
-        _echo_json({"result": value, "engine": result.engine, "wall_s": result.wall_s, "modeled_s": result.modeled_s})
+        echo_json({"result": value, "engine": result.engine, "wall_s": result.wall_s, "modeled_s": result.modeled_s})
     else:
         click.echo(json.dumps(value))
 
@@ -464,9 +449,9 @@ def stats(client: AgentClient, watch: bool, interval: float, count: int, as_json
     if not watch:
         data = client.stats()
         if as_json:
-            _echo_json(data)
+            echo_json(data)
         else:
-            _console().print(_stats_view(data))
+            make_console().print(_stats_view(data))
         return
     if as_json:
         n = 0
@@ -478,7 +463,7 @@ def stats(client: AgentClient, watch: bool, interval: float, count: int, as_json
             time.sleep(interval)
     from rich.live import Live
 
-    console = _console()
+    console = make_console()
     with Live(_stats_view(client.stats()), console=console, auto_refresh=False) as live:
         n = 1
         try:
@@ -509,7 +494,7 @@ def _stats_view(data: dict[str, Any]) -> Any:
     for e in data["engines"]:
         table.add_row(
             e["engine"], e["kind"], str(e["lanes"]), str(e["tasks"]), str(e["errors"]),
-            f"{e['queue_depth']}/{e['queue_capacity']}", _size(e["bytes_in"]), _size(e["bytes_out"]),
+            f"{e['queue_depth']}/{e['queue_capacity']}", fmt_bytes(e["bytes_in"]), fmt_bytes(e["bytes_out"]),
             f"{e['utilization']:.0%}",
         )  # fmt: skip
     return Group(summary, table)
@@ -521,10 +506,14 @@ def health(client: AgentClient, as_json: bool) -> None:
     """Check that the agent answers: status, version, device, uptime."""
     data = client.health()
     if as_json:
-        _echo_json(data)
+        echo_json(data)
     else:
         flight = f", flight port {data['flight_port']}" if data["flight_port"] else ""
         click.echo(
             f"{data['status']}: dpdpu {data['version']} on {data['device']}, up {data['uptime_s']:.0f} s, "
             f"{data['deployments']} deployments, pid {data['pid']}{flight}"
         )
+
+
+#: The agent process and its client commands.
+AGENT_COMMANDS: tuple[click.Command, ...] = (agent, deploy, offloads, undeploy, invoke, stats, health)

@@ -11,7 +11,7 @@ hold a fixed part ``<4sIIII``: magic ``DPKV``, format version, header bytes,
 JSON length and the CRC-32C of the JSON; then the JSON: key, root, representation,
 codec, tokens, the int8 quantization error (``null`` for raw data), and per
 layer segment its stored length, uncompressed length and CRC-32C.  The payload
-is the layer segments one after the other (see :mod:`dpdpu.storage.kv_codec`).
+is the layer segments one after the other (see :mod:`dpdpu.kv.codec`).
 
 A chunk occupies its header and its payload rounded up to whole blocks (its
 :attr:`DiskChunk.footprint`); the store charges that against ``disk_bytes``,
@@ -47,9 +47,9 @@ from .. import errors
 from ..compute import codecs
 from ..runtime import native
 from ..runtime.profile import Profile
-from .fs import FileService
-from .kv_codec import CODECS, Encoded, decode_layer_into, layer_segments, segment_bytes
-from .kv_keys import KEY_BYTES, ModelShape
+from ..storage.fs import FileService
+from .codec import CODECS, Encoded, decode_layer_into, layer_segments, segment_bytes
+from .keys import KEY_BYTES, ModelShape
 
 __all__ = ["DiskChunk", "DiskTier", "KvCorruptError"]
 
@@ -95,6 +95,8 @@ class _LayerCheck:
 
 class KvCorruptError(errors.CorruptDataError):
     """A chunk on disk fails its checksum or is malformed (the store reports a miss and drops it)."""
+
+    wire_status = "DATA_LOSS"
 
 
 @dataclass

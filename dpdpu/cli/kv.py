@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from ..kv.policies import POLICIES
+from ..kv.sim import MODELS, TraceError, generate_trace, load_trace, simulate
 from ..runtime.profile import builtin_profiles
-from .kv_policies import POLICIES
-from .kv_sim import MODELS, TraceError, generate_trace, load_trace, simulate
+from .common import make_console
 
 __all__ = ["kv_sim"]
-
-
-def _console() -> Console:
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def _ms(seconds: float) -> str:
@@ -107,7 +102,7 @@ def kv_sim(
     if as_json:
         click.echo(json.dumps({**report.as_dict(), "verdict": report.verdict}, indent=2))
         return
-    console = _console()
+    console = make_console()
     s = report.settings
     console.print(
         f"[bold]{report.model}[/] on [bold]{report.device}[/]: {report.requests} requests, "

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import errors
 from ..compute import codecs
-from .kv_keys import ModelShape
+from .keys import ModelShape
 
 __all__ = [
     "CODECS",

@@ -1,5 +1,9 @@
 """The host<->DPU channel: a lock-free single-producer/single-consumer ring in shared memory.
 
+A transport primitive of the core, like DOCA's Comch on DOCA Core: the
+storage engine's DDS path and the network engine's Flight routing both run
+over it, in the frames of :mod:`dpdpu.runtime.channel_rpc`.
+
 A :class:`Channel` is one end of a ring (``csrc/ring.c``): the process that
 creates it takes one end (by default the sending one) and the process that
 attaches to it by name takes the other.  Messages up to half the ring's
@@ -40,7 +44,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from .. import errors
-from ..runtime.native import error_for, ffi, lib, status_name
+from .cost import CostModel
+from .native import error_for, ffi, lib, status_name
+from .profile import Profile
 
 __all__ = ["DEFAULT_CAPACITY", "Channel", "ChannelPair", "ChannelStats", "Role", "TransferCost"]
 
@@ -186,9 +192,6 @@ def _cost_function(
     if pcie is not None and device is not None:
         raise errors.InvalidArgumentError("give either device= or pcie=, not both")
     if device is not None:
-        from ..runtime.cost import CostModel
-        from ..runtime.profile import Profile
-
         return CostModel(Profile.of(device)).transfer_seconds
     if pcie is None:
         return None

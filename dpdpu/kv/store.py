@@ -14,7 +14,7 @@ instead of recomputing the prefill.
 8
 8
 
-**Keys** (:mod:`dpdpu.storage.kv_keys`): tokens are cut into chunks of
+**Keys** (:mod:`dpdpu.kv.keys`): tokens are cut into chunks of
 ``chunk_tokens``; each full chunk's key is a BLAKE2b digest chained over the
 previous key and qualified by model, shape, dtype, layer range and
 tensor-parallel rank.  A trailing partial chunk is neither stored nor found.
@@ -28,7 +28,7 @@ layout) is accepted; anything else is a :class:`KvShapeError`.
 **Tiers**: DPU DRAM (capacity: the device profile's ``memory`` unless
 ``dram_bytes`` says otherwise), then, with a ``data_dir``, files in a
 :class:`~dpdpu.storage.fs.FileService` (``disk_bytes``).  Each tier has an
-eviction policy (``lru`` or ``s3fifo``, :mod:`dpdpu.storage.kv_policies`);
+eviction policy (``lru`` or ``s3fifo``, :mod:`dpdpu.kv.policies`);
 DRAM evictions are written to disk (demotion), disk evictions are dropped.
 A disk hit is copied into DRAM (promotion; the disk copy stays).  Chunks in
 use (being read, or pinned with :meth:`KvStore.pin`) are never evicted; when
@@ -52,7 +52,7 @@ checksums: a corrupt chunk (or one whose header, checksum or not, describes
 anything but this store's chunks) is a miss, and is dropped; a directory
 found among the chunk files is left alone and counted (``ignored_entries``).  Each store
 configuration (model qualification, chunk size, lossless or ``int8``) keeps its
-chunks in a directory of its own (:mod:`dpdpu.storage.kv_disk`), so several
+chunks in a directory of its own (:mod:`dpdpu.kv.disk`), so several
 models share a data directory without touching each other's chunks, and a
 lossless store never finds lossy ones.
 
@@ -85,10 +85,10 @@ import numpy as np
 from .. import errors
 from ..runtime.profile import Profile
 from ..runtime.runtime import Runtime, current_runtime
-from .kv_codec import CODECS, Encoded, decode_into, encode
-from .kv_disk import DiskChunk, DiskTier, KvCorruptError
-from .kv_keys import ModelShape, TokenError, as_tokens, chunk_keys, root_key
-from .kv_policies import POLICIES, make_policy
+from .codec import CODECS, Encoded, decode_into, encode
+from .disk import DiskChunk, DiskTier, KvCorruptError
+from .keys import ModelShape, TokenError, as_tokens, chunk_keys, root_key
+from .policies import POLICIES, make_policy
 
 __all__ = [
     "CODECS",
@@ -241,7 +241,7 @@ class KvStore:
             raise errors.RuntimeClosedError("the KV store is closed")
 
     def keys(self, tokens: Any) -> list[bytes]:
-        """The keys of every full chunk of ``tokens`` (see :mod:`dpdpu.storage.kv_keys`)."""
+        """The keys of every full chunk of ``tokens`` (see :mod:`dpdpu.kv.keys`)."""
         return chunk_keys(tokens, self._root, self.chunk_tokens)
 
     def _as_kv(self, kv: Any, ntokens: int) -> np.ndarray[Any, Any]:

@@ -26,15 +26,15 @@ in the JSON as a list of integers.
   client writes one such batch per full chunk of the tokens, in order; the
   server answers one metadata message ``{"stored": N}`` (tokens newly stored).
 
-Errors come back as Flight errors (bad tokens or shapes: INVALID_ARGUMENT;
-every chunk pinned: a server error) and the client raises them as
+Errors travel with their wire status (:func:`dpdpu.errors.to_wire`, through
+the endpoint: bad tokens or shapes are INVALID_ARGUMENT, every chunk pinned
+RESOURCE_EXHAUSTED) and the client raises them as
 :class:`~dpdpu.errors.InvalidArgumentError` / :class:`KvCapacityError` /
 :class:`KvRemoteError`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -44,8 +44,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from .. import errors
-from .kv import KvCapacityError, KvShapeError, KvStore
-from .kv_keys import ModelShape, as_tokens
+from ..network.flight_server import flight_status
+from .keys import ModelShape, as_tokens
+from .store import KvCapacityError, KvShapeError, KvStore
 
 __all__ = ["KIND", "KvFlightService", "KvRemoteError", "RemoteKvStore"]
 
@@ -56,30 +57,7 @@ _SCHEMA = pa.schema([pa.field("kv", pa.large_binary())])
 class KvRemoteError(errors.DpdpuError, ConnectionError):
     """The remote KV service failed or refused the call."""
 
-
-def _server_error(exc: Exception) -> Exception:
-    mapped: Exception
-    if isinstance(exc, (flight.FlightError, pa.ArrowException)):
-        mapped = exc
-    elif isinstance(exc, errors.DeviceMemoryError):
-        mapped = flight.FlightServerError(f"KvCapacityError: {exc}")
-    elif isinstance(exc, (ValueError, TypeError)):
-        mapped = pa.ArrowInvalid(str(exc))
-    else:
-        mapped = flight.FlightServerError(f"{type(exc).__name__}: {exc}")
-    return mapped
-
-
-@contextlib.contextmanager
-def _flight_errors() -> Iterator[None]:
-    """Raise what the block raises as the Flight error the client maps back (see :meth:`RemoteKvStore._call`)."""
-    try:
-        yield
-    except Exception as exc:
-        mapped = _server_error(exc)
-        if mapped is exc:
-            raise
-        raise mapped from exc
+    wire_status = "UNAVAILABLE"
 
 
 def _chunk_batch(chunk: np.ndarray[Any, Any]) -> pa.RecordBatch:
@@ -117,10 +95,6 @@ class KvFlightService:
 
     def do_get(self, request: dict[str, Any], context: Any) -> flight.FlightDataStream:
         """Answer ``info``, ``lookup`` and ``retrieve`` tickets (see the module docstring)."""
-        with _flight_errors():
-            return self._do_get(request)
-
-    def _do_get(self, request: dict[str, Any]) -> flight.FlightDataStream:
         op = request.get("op")
         unknown = set(request) - {"kind", "op", "tokens"}
         if unknown:
@@ -149,10 +123,6 @@ class KvFlightService:
 
     def do_put(self, request: dict[str, Any], reader: Any, writer: Any, context: Any) -> None:
         """Take a ``store``: one batch per full chunk of the tokens."""
-        with _flight_errors():
-            self._do_put(request, reader, writer)
-
-    def _do_put(self, request: dict[str, Any], reader: Any, writer: Any) -> None:
         if request.get("op") != "store" or set(request) - {"kind", "op", "tokens"}:
             raise errors.InvalidArgumentError("a kv do_put command is {'kind': 'kv', 'op': 'store', 'tokens': [...]}")
         s = self.store
@@ -182,9 +152,11 @@ class KvFlightService:
         writer.write(pa.py_buffer(json.dumps({"stored": stored}).encode()))
 
 
-def _first(exc: BaseException) -> str:
-    # gRPC appends the server's traceback and debug context after ". Detail:"; the first part is the message.
-    return str(exc).split(". Detail:")[0].split(". gRPC client debug context")[0]
+#: the client's error for what the service answers (any other status: KvRemoteError)
+_CLIENT_ERRORS: dict[str, type[errors.DpdpuError]] = {
+    "INVALID_ARGUMENT": errors.InvalidArgumentError,
+    "RESOURCE_EXHAUSTED": KvCapacityError,
+}
 
 
 class RemoteKvStore:
@@ -211,14 +183,13 @@ class RemoteKvStore:
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
-        except pa.ArrowInvalid as exc:
-            raise errors.InvalidArgumentError(f"the KV service refused the call: {_first(exc)}") from None
-        except flight.FlightServerError as exc:
-            if "KvCapacityError" in str(exc):
-                raise KvCapacityError(_first(exc)) from None
-            raise KvRemoteError(f"the KV service failed: {_first(exc)}") from None
         except (flight.FlightError, pa.ArrowException) as exc:
-            raise KvRemoteError(f"the KV service failed: {_first(exc)}") from None
+            status, message = flight_status(exc)
+        if status == "INVALID_ARGUMENT":
+            message = f"the KV service refused the call: {message}"
+        elif status != "RESOURCE_EXHAUSTED":
+            message = f"the KV service failed: {message}"
+        raise errors.from_wire(status, message, classes=_CLIENT_ERRORS, default=KvRemoteError)
 
     def _get(self, request: dict[str, Any]) -> flight.FlightStreamReader:
         ticket = flight.Ticket(json.dumps({"kind": KIND, **request}).encode())

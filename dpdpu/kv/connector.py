@@ -1,4 +1,4 @@
-"""An adapter shaped like a serving engine's KV connector, over a :class:`~dpdpu.storage.kv.KvStore`.
+"""An adapter shaped like a serving engine's KV connector, over a :class:`~dpdpu.kv.store.KvStore`.
 
 It depends on no serving engine; its calls follow the usual split:
 
@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from .. import errors
-from .kv import KvStore
-from .kv_keys import as_tokens
+from .keys import as_tokens
+from .store import KvStore
 
 __all__ = ["KvConnector"]
 

@@ -2,7 +2,7 @@
 
 It replays a request trace against a model shape and a device profile in
 modeled time only (no KV data exists): each request's prompt is cut into
-chunk keys exactly as :class:`~dpdpu.storage.kv.KvStore` cuts them, looked up
+chunk keys exactly as :class:`~dpdpu.kv.store.KvStore` cuts them, looked up
 in a DRAM tier and a storage tier with the store's eviction policies, and the
 time to first token (TTFT) is modeled twice:
 
@@ -48,7 +48,7 @@ has at most :data:`MAX_REQUEST_TOKENS` tokens (anything else is a
 :class:`TraceError`).
 
 :func:`generate_trace` writes multi-turn chats sharing a few system prompts;
-``dpdpu/storage/traces/chat-small.json`` ships (seed 7).
+``dpdpu/kv/traces/chat-small.json`` ships (seed 7).
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ import numpy as np
 from .. import errors
 from ..runtime.cost import CostModel
 from ..runtime.profile import Profile
-from .bdev import StorageModel
-from .kv_keys import ModelShape, chunk_keys, root_key
-from .kv_policies import make_policy
+from ..storage.bdev import StorageModel
+from .keys import ModelShape, chunk_keys, root_key
+from .policies import make_policy
 
 __all__ = [
     "MAX_REQUEST_TOKENS",
@@ -193,7 +193,7 @@ def _validate(data: Any, where: str) -> list[dict[str, Any]]:
 def load_trace(path: str | Path | None = None) -> list[dict[str, Any]]:
     """Read a JSON (or CSV) trace; ``None`` reads the shipped one."""
     if path is None:
-        text = resources.files("dpdpu.storage").joinpath("traces").joinpath(SHIPPED_TRACE).read_text()
+        text = resources.files("dpdpu.kv").joinpath("traces").joinpath(SHIPPED_TRACE).read_text()
         return _validate(json.loads(text), SHIPPED_TRACE)
     p = Path(path)
     try:
