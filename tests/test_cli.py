@@ -26,7 +26,8 @@ def test_the_command_list_is_the_group() -> None:
     names = sorted(c.name or "" for c in COMMANDS)
     assert names == sorted(main.commands)
     families = {
-        "devices": ["devices"], "demo": ["demo"], "simulate": ["simulate"], "fidelity": ["fidelity"], "kv": ["kv-sim"],
+        "devices": ["devices"], "demo": ["demo"], "simulate": ["simulate"], "fidelity": ["fidelity"],
+        "kv": ["kv-sim", "kv-serve"],
         "agent": ["agent", "deploy", "offloads", "undeploy", "invoke", "stats", "health"],
     }  # fmt: skip
     assert names == sorted(name for family in families.values() for name in family)

@@ -19,13 +19,13 @@ from .common import DpdpuCliError
 from .demo import demo
 from .devices import devices
 from .fidelity import fidelity
-from .kv import kv_sim
+from .kv import kv_serve, kv_sim
 from .simulate import simulate
 
 __all__ = ["COMMANDS", "DpdpuCliError", "main"]
 
 #: Every command of ``dpdpu``.
-COMMANDS: tuple[click.Command, ...] = (devices, demo, simulate, fidelity, kv_sim, *AGENT_COMMANDS)
+COMMANDS: tuple[click.Command, ...] = (devices, demo, simulate, fidelity, kv_sim, kv_serve, *AGENT_COMMANDS)
 
 
 class _Group(click.Group):

@@ -1,20 +1,26 @@
-"""The ``dpdpu kv-sim`` command: replay a serving trace against the KV-cache tier model."""
+"""The KV tier's commands: ``dpdpu kv-sim`` replays a serving trace against its model, ``dpdpu kv-serve`` serves it."""
 
 from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 from pathlib import Path
+from types import FrameType
 
 import click
 from rich.table import Table
 
 from ..kv.policies import POLICIES
+from ..kv.pool import DEFAULT_MAX_STORES, KvStorePool
+from ..kv.remote import KvFlightService
 from ..kv.sim import MODELS, TraceError, generate_trace, load_trace, simulate
+from ..network.flight import FlightEndpoint
 from ..runtime.profile import builtin_profiles
 from .common import make_console
 
-__all__ = ["kv_sim"]
+__all__ = ["kv_serve", "kv_sim"]
 
 
 def _ms(seconds: float) -> str:
@@ -126,3 +132,46 @@ def kv_sim(
         table.add_row(name, _ms(summary["mean"]), _ms(summary["p50"]), _ms(summary["p99"]), f"{speed:.2f}x")
     console.print(table)
     console.print(report.verdict)
+
+
+@click.command("kv-serve")
+@click.option("--listen", default="127.0.0.1:8815", show_default=True, help="HOST:PORT (port 0: any free port).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Storage tier directory (a subdirectory per store; default: DRAM only).")  # fmt: skip
+@click.option("--dram-gb", type=click.FloatRange(min=0), default=None,
+              help="DRAM per model, split over its ranks (default: the device profile's memory).")  # fmt: skip
+@click.option("--disk-gb", type=click.FloatRange(min=0), default=64.0, show_default=True,
+              help="Storage per model, split over its ranks.")  # fmt: skip
+@click.option("--max-stores", type=click.IntRange(1), default=DEFAULT_MAX_STORES, show_default=True,
+              help="Stores (model shards) the tier opens at most.")  # fmt: skip
+@click.option("--token", default=None, help="Bearer token every call must carry (required off loopback).")
+def kv_serve(
+    listen: str, data_dir: Path | None, dram_gb: float | None, disk_gb: float, max_stores: int, token: str | None
+) -> None:
+    """Serve the KV-cache tier over Arrow Flight until SIGTERM or Ctrl-C.
+
+    Clients (vLLM's DpdpuKVConnector, RemoteKvStore) open a store per model
+    shard with their own chunk size, device profile and policies.  The first
+    line printed is JSON with the address to give them ("location").
+    """
+    for hint, value in (("--dram-gb", dram_gb), ("--disk-gb", disk_gb)):
+        if value is not None and not math.isfinite(value):
+            raise click.BadParameter("must be a finite number", param_hint=hint)
+    pool = KvStorePool(
+        data_dir=data_dir,
+        dram_bytes=None if dram_gb is None else int(dram_gb * 2**30),
+        disk_bytes=int(disk_gb * 2**30),
+        max_stores=max_stores,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    with pool, FlightEndpoint(f"grpc://{listen}", token=token, services={"kv": KvFlightService(pool)}) as endpoint:
+        endpoint.serve_background()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        click.echo(json.dumps({"location": endpoint.location, "port": endpoint.port}))
+        while not stop.wait(0.5):
+            pass

@@ -10,6 +10,7 @@
 - :mod:`dpdpu.kv.disk` -- the storage tier's chunk files
 - :mod:`dpdpu.kv.sim` -- the serving-trace simulator behind ``dpdpu kv-sim``
 - :mod:`dpdpu.kv.remote` -- :class:`KvFlightService` and its client :class:`RemoteKvStore`
+- :mod:`dpdpu.kv.pool` -- :class:`KvStorePool`, a store per model shard, opened by its clients
 - :mod:`dpdpu.kv.connector` -- :class:`KvConnector`, shaped like a serving engine's KV connector
 """
 
@@ -18,7 +19,8 @@ from __future__ import annotations
 from .connector import KvConnector
 from .keys import ModelShape, TokenError, chunk_keys, root_key
 from .policies import LruPolicy, S3FifoPolicy
-from .remote import KvFlightService, KvRemoteError, RemoteKvStore
+from .pool import KvStorePool, store_id
+from .remote import KvFlightService, KvRemoteError, LayerUpload, RemoteKvStore
 from .store import KvCapacityError, KvCorruptError, KvShapeError, KvStore
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "KvRemoteError",
     "KvShapeError",
     "KvStore",
+    "KvStorePool",
+    "LayerUpload",
     "LruPolicy",
     "ModelShape",
     "RemoteKvStore",
@@ -36,4 +40,5 @@ __all__ = [
     "TokenError",
     "chunk_keys",
     "root_key",
+    "store_id",
 ]

@@ -201,7 +201,7 @@ class KvStore:
         self._disk_used = 0
         self._pins: Counter[bytes] = Counter()
         # Insertion-ordered, so the oldest staged request is the first to drop.
-        self._staged: dict[bytes, tuple[np.ndarray[Any, Any], set[int]]] = {}
+        self._staged: dict[tuple[bytes, int], tuple[np.ndarray[Any, Any], set[int]]] = {}
         self.max_staged = max_staged
         self._counters: Counter[str] = Counter()
         self._seconds: dict[str, float] = {_DRAM: 0.0, _DISK: 0.0}
@@ -239,6 +239,11 @@ class KvStore:
     def _check_open(self) -> None:
         if self._closed:
             raise errors.RuntimeClosedError("the KV store is closed")
+
+    @property
+    def root(self) -> bytes:
+        """The digest every key of this store chains from (model, shape, dtype, layer range and rank)."""
+        return self._root
 
     def keys(self, tokens: Any) -> list[bytes]:
         """The keys of every full chunk of ``tokens`` (see :mod:`dpdpu.kv.keys`)."""
@@ -431,43 +436,51 @@ class KvStore:
             out.append(chunk)
         return out
 
-    def store_layer(self, tokens: Any, layer: int, kv_layer: Any) -> int:
-        """Store one layer (``[2, len(tokens), heads, dim]``); once every layer arrived the chunks are stored.
+    def store_layer(self, tokens: Any, layer: int, kv_layer: Any, *, start: int = 0) -> int:
+        """Store one layer (``[2, len(tokens) - start, heads, dim]``); once every layer arrived the chunks are stored.
 
+        ``start`` (a whole number of chunks) skips chunks the caller knows are stored: ``kv_layer``
+        covers tokens ``[start, len(tokens))`` and only chunks from ``start`` on are stored.
         Returns the tokens newly stored by this call (0 until the last layer).
         """
         self._check_open()
         arr_tokens = as_tokens(tokens)
         keys = self.keys(arr_tokens)
-        if not keys:
+        c = self.chunk_tokens
+        if isinstance(start, bool) or not isinstance(start, int) or start % c or not 0 <= start <= len(keys) * c:
+            raise KvShapeError(f"start must be a whole number of {c}-token chunks within the tokens")
+        if len(keys) * c == start:
             return 0
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.model.layers:
             raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {errors.shown(layer)}")
         n = len(arr_tokens)
-        full = len(keys) * self.chunk_tokens
-        one = self._as_kv_layer(kv_layer, n)
+        full = len(keys) * c
+        one = self._as_kv_layer(kv_layer, n - start)
+        # Staged by the last chunk's key and the start: two uploads of one prefix from different starts
+        # must not mix their layers.
+        tag = (keys[-1], start)
         with self._lock:
-            staged = self._staged.get(keys[-1])
+            staged = self._staged.get(tag)
             if staged is None:
                 # A request whose remaining layers never come must not hold its buffer forever.
                 while len(self._staged) >= self.max_staged:
                     del self._staged[next(iter(self._staged))]
                     self._counters["staged_dropped"] += 1
-                staged = (np.empty(self.model.token_shape(full), dtype=self.model.np_dtype), set())
-                self._staged[keys[-1]] = staged
+                staged = (np.empty(self.model.token_shape(full - start), dtype=self.model.np_dtype), set())
+                self._staged[tag] = staged
             buf, done = staged
-        buf[layer] = one[:, :full]
+        buf[layer] = one[:, : full - start]
         with self._lock:
             done.add(layer)
             # Identity check: the entry may have been dropped (and another staged under the key) meanwhile.
-            complete = len(done) == self.model.layers and self._staged.get(keys[-1]) is staged
+            complete = len(done) == self.model.layers and self._staged.get(tag) is staged
             if complete:
-                del self._staged[keys[-1]]
+                del self._staged[tag]
         if not complete:
             return 0
         # The keys of the full chunks are those of every token: no need to hash them again.
         self._check_open()
-        return self._store(keys, buf)
+        return self._store(keys[start // c :], buf)
 
     def _as_kv_layer(self, kv_layer: Any, ntokens: int) -> np.ndarray[Any, Any]:
         m = self.model
@@ -482,9 +495,15 @@ class KvStore:
     # --- lookup and retrieve ---------------------------------------------------------------------
 
     def lookup(self, tokens: Any) -> int:
-        """How many leading tokens of ``tokens`` are cached (in either tier)."""
+        """How many leading tokens of ``tokens`` are cached (in either tier).
+
+        A lookup changes nothing but the ``lookups`` counter: no pin, no eviction order, no promotion.
+        """
+        return self.lookup_keys(self.keys(tokens))
+
+    def lookup_keys(self, keys: list[bytes]) -> int:
+        """:meth:`lookup` of chunks whose keys are known."""
         self._check_open()
-        keys = self.keys(tokens)
         n = 0
         with self._lock:
             for key in keys:
@@ -635,16 +654,17 @@ class KvStore:
                         self._counters["promotions"] += 1
                 self._demote(to_disk)
 
-    def retrieve_layer(self, tokens: Any, layer: int) -> tuple[int, np.ndarray[Any, Any]]:
-        """One layer of the cached prefix: ``(hit_tokens, kv)`` with ``kv`` of shape ``[2, hit_tokens, heads, dim]``.
+    def retrieve_layer(self, tokens: Any, layer: int, *, start: int = 0) -> tuple[int, np.ndarray[Any, Any]]:
+        """One layer of the cached prefix: ``(hit_tokens, kv)``, ``kv`` shaped ``[2, hit_tokens - start, heads, dim]``.
 
         A server calls it per layer to overlap loading layer ``i+1`` with computing
-        layer ``i`` (:meth:`prefetch` first brings disk chunks into DRAM).
+        layer ``i`` (:meth:`prefetch` first brings disk chunks into DRAM).  ``start`` (a whole
+        number of chunks) skips chunks the caller holds: the cached run of chunks from there on.
         """
         self._check_open()
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.model.layers:
             raise KvShapeError(f"layer must be in [0, {self.model.layers}), not {errors.shown(layer)}")
-        keys = self.keys(tokens)
+        keys = self.keys(tokens)[self._start_chunk(tokens, start) :]
         plan = self._plan(keys)
         c = self.chunk_tokens
         m = self.model
@@ -671,20 +691,30 @@ class KvStore:
                 self._counters["hit_tokens"] += served * c
                 self._counters["miss_tokens"] += (len(keys) - served) * c
                 self._counters["misses"] += len(keys) - served
-        return served * c, out if served == len(plan) else out[:, : served * c]
+        return start + served * c, out if served == len(plan) else out[:, : served * c]
 
-    def iter_layers(self, tokens: Any) -> Iterator[tuple[int, int, np.ndarray[Any, Any]]]:
+    def _start_chunk(self, tokens: Any, start: int) -> int:
+        c = self.chunk_tokens
+        if isinstance(start, bool) or not isinstance(start, int) or start % c or not 0 <= start <= len(tokens):
+            raise KvShapeError(f"start must be a whole number of {c}-token chunks within the tokens")
+        return start // c
+
+    def iter_layers(self, tokens: Any, *, start: int = 0) -> Iterator[tuple[int, int, np.ndarray[Any, Any]]]:
         """``(layer, hit_tokens, kv_layer)`` for every layer in order, the chunks pinned until the end.
 
-        The hit is fixed by the first layer; later layers never return more.
+        ``kv_layer`` covers tokens ``[start, hit_tokens)`` (see :meth:`retrieve_layer`).  The hit
+        is fixed by the first layer; later layers never return more.
         """
-        with self.pinned(tokens):
+        keys = self.pin_keys(tokens, start=start)
+        try:
             hit = -1
             for layer in range(self.model.layers):
-                n, arr = self.retrieve_layer(tokens, layer)
+                n, arr = self.retrieve_layer(tokens, layer, start=start)
                 if hit < 0:
                     hit = n
-                yield layer, min(hit, n), arr[:, : min(hit, n)]
+                yield layer, min(hit, n), arr[:, : min(hit, n) - start]
+        finally:
+            self.unpin_keys(keys)
 
     def prefetch(self, tokens: Any) -> concurrent.futures.Future[int]:
         """Bring the cached prefix of ``tokens`` into DRAM in the background; the future gives its token count."""
@@ -736,6 +766,16 @@ class KvStore:
         self._check_open()
         plan = self._plan(self.keys(tokens))
         return len(plan) * self.chunk_tokens
+
+    def pin_keys(self, tokens: Any, *, start: int = 0) -> list[bytes]:
+        """Pin the cached run of chunks of ``tokens`` from ``start`` on; returns their keys for :meth:`unpin_keys`."""
+        self._check_open()
+        keys = self.keys(tokens)[self._start_chunk(tokens, start) :]
+        return [key for key, _, _ in self._plan(keys)]
+
+    def unpin_keys(self, keys: list[bytes]) -> None:
+        """Undo one :meth:`pin_keys` (of exactly the keys it returned)."""
+        self._unpin(keys)
 
     def unpin(self, tokens: Any) -> None:
         """Undo one :meth:`pin` of the same tokens."""
