@@ -131,6 +131,9 @@ class EmulatorDevice(Device):
         workers: worker threads per engine (default: the CPU count).
         queue_depth: most tasks queued per engine before submit blocks.
         coalescing: how small tasks share modeled dispatch costs (None: never).
+        peer: the label of the device at the far end of this one's PCIe link
+            (the host device of a DPU runtime): its engines may pull that
+            device's data, paying the transfer.
     """
 
     backend = "emulator"
@@ -142,8 +145,13 @@ class EmulatorDevice(Device):
         workers: int | None = None,
         queue_depth: int = 0,
         coalescing: Coalescing | None = DEFAULT_COALESCING,
+        peer: str | None = None,
     ) -> None:
         profile = Profile.of(profile)
+        if peer is not None and profile.pcie is None:
+            raise errors.InvalidArgumentError("a device reaches a peer only over a link its profile describes")
+        #: the device at the far end of this one's link, whose memory its engines may pull from
+        self.peer = peer
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
@@ -322,12 +330,11 @@ class EmulatorDevice(Device):
     def _pulls(self, engine: EngineInfo, task: Task | None = None) -> bool:
         """True if ``engine`` sits on the near side of a link and the task's data lives on the far one
         (a host core working on data in DPU memory pulls it over PCIe, and sends its result back)."""
-        if self.model.crossing[engine.name] or self.profile.pcie is None:
+        if self.peer is None or self.model.crossing[engine.name]:
             return False
-        if task is not None and _foreign_buffer(task.src, self.label):
+        if task is not None and type(task.src) is DeviceBuffer and task.src.device == self.peer:
             return True
-        device = data_location().device
-        return device is not None and device != self.label
+        return data_location().device == self.peer
 
     def _transfers(self, task: Task, engine: EngineInfo) -> tuple[int, int]:
         """Bytes that cross PCIe in and out if ``task`` runs on ``engine``."""
@@ -768,10 +775,6 @@ class EmulatorDevice(Device):
                 modeled_busy_s=clock.busy_s, modeled_horizon_s=clock.last_finish_s,
             )  # fmt: skip
         return out
-
-
-def _foreign_buffer(obj: Any, device: str) -> bool:
-    return type(obj) is DeviceBuffer and obj.device != device
 
 
 def _on_device_data(where: DataLocation, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -141,7 +141,7 @@ class Runtime:
         if self.device.profile.kind != "host":
             # The host reaches data in DPU memory over the device's link: it knows that link's figures.
             host = dataclasses.replace(Profile.load("host"), pcie=self.device.profile.pcie)
-            self.host = EmulatorDevice(host, **options)
+            self.host = EmulatorDevice(host, peer=self.device.label, **options)
         self._lock = threading.Lock()
         self._vnow = 0.0
         self._tokens: list[Token[Runtime | None]] = []
