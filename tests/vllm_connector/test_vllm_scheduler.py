@@ -28,6 +28,7 @@ def test_scheduler_loads_the_connector_and_schedules_only_uncached_tokens(
     store, pool = tier
     eng = engine(tmp_path, store)
     assert isinstance(eng.sched.connector, DpdpuKVConnector)  # built by vLLM from kv_transfer_config alone
+    assert eng.sched.requires_kv_delivery is False  # a cache: a save lost to preemption is only a later miss
 
     # First request: nothing cached; prefilled 64 + 36 tokens; the prompt's whole chunks saved as they complete.
     eng.add(request("a", PROMPT, max_tokens=2))

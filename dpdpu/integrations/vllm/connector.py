@@ -162,6 +162,11 @@ class DpdpuKVConnector(KVConnectorBase_V1):  # type: ignore[misc]
         """Stats rebuilt from their ``data`` (as they cross process boundaries)."""
         return DpdpuKVConnectorStats.of(data or {})
 
+    @property
+    def requires_kv_delivery(self) -> bool:
+        """A cache, not a hand-off: a save lost to preemption is a later miss, so vLLM need not recompute for it."""
+        return False
+
     @classmethod
     def requires_piecewise_for_cudagraph(cls, extra_config: dict[str, Any]) -> bool:
         """Layer-by-layer loading and saving run Python between layers: CUDA graphs must be piecewise."""
