@@ -27,7 +27,12 @@ from dpdpu.runtime import Runtime
 def _every_error_class() -> list[type[errors.DpdpuError]]:
     for info in pkgutil.walk_packages(dpdpu.__path__, "dpdpu."):
         if not info.name.endswith(("__main__", "zygote")) and "_proto" not in info.name:
-            importlib.import_module(info.name)
+            try:
+                importlib.import_module(info.name)
+            except ModuleNotFoundError as exc:
+                # An integration whose extra is not installed (dpdpu.integrations.vllm without vLLM).
+                if not info.name.startswith("dpdpu.integrations.") or (exc.name or "").startswith("dpdpu"):
+                    raise
     found, pending = [], [errors.DpdpuError]
     while pending:
         cls = pending.pop()

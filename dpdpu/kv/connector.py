@@ -1,6 +1,8 @@
 """An adapter shaped like a serving engine's KV connector, over a :class:`~dpdpu.kv.store.KvStore`.
 
-It depends on no serving engine; its calls follow the usual split:
+It depends on no serving engine and runs in one process (vLLM's own
+connector, with its scheduler and workers in separate processes, is
+:class:`dpdpu.integrations.vllm.DpdpuKVConnector`); its calls follow the usual split:
 
 * **scheduler side**: :meth:`KvConnector.get_num_matched_tokens` says how
   many prompt tokens the tier can supply, so the scheduler only plans the
